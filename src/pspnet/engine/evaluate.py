@@ -1,0 +1,89 @@
+"""Dataset evaluation: confusion matrix over every pixel, then metrics, JSON and pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from pspnet.engine.metrics import ConfusionMatrix, Metrics
+from pspnet.inference.predict import predict_probs
+from pspnet.runtime import autocast
+
+
+def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "whole",
+             crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+             device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
+             class_names: Sequence[str] | None = None) -> Metrics:
+    """mIoU etc. of ``model`` on ``dataset`` (normalised images, masks with 255 = ignore), one image at a time."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes)
+    align = getattr(model, "align_corners", True)
+    try:
+        for i in tqdm(range(len(dataset)), desc="eval", disable=not progress, leave=False):
+            image, mask = dataset[i]
+            with autocast(device, precision):
+                probs = predict_probs(model, image[None].to(device), num_classes, mode, crop, scales, flip, align)
+            cm.update(probs.argmax(1)[0], mask)
+    finally:
+        model.train(was_training)
+    return cm.compute(class_names or getattr(dataset, "class_names", None))
+
+
+def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
+    """metrics.json, a per-class IoU bar chart and a row-normalised confusion-matrix heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2))
+
+    names = metrics.class_names
+    ious = [100 * v if v is not None else 0.0 for v in metrics.iou]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 4))
+    bars = ax.bar(range(len(names)), ious, color="#3b7dd8")
+    for b, v in zip(bars, metrics.iou):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, "absent" if v is None else f"{100 * v:.1f}",
+                ha="center", fontsize=7)
+    ax.axhline(100 * metrics.miou, color="#d8553b", ls="--", label=f"mIoU {100 * metrics.miou:.1f}")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(loc="upper right")
+    ax.set_title("Per-class IoU")
+    fig.tight_layout()
+    fig.savefig(out / "per_class_iou.png", dpi=120)
+    plt.close(fig)
+
+    cm = np.asarray(metrics.confusion_matrix, dtype=np.float64)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = max(5, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if len(names) <= 30:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if norm[i, j] >= 0.01:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title("Confusion matrix (rows normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=120)
+    plt.close(fig)
+    return [out / "metrics.json", out / "per_class_iou.png", out / "confusion_matrix.png"]

