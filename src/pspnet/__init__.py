@@ -1,8 +1,10 @@
 """PSPNet semantic segmentation: a paper-faithful model, training, evaluation and deployment."""
 
 from pspnet.errors import PSPNetError
+from pspnet.inference.segmenter import Segmenter
 from pspnet.model import PSPNet, create_model, replace_head
+from pspnet.model.bundled import load
 
 __version__ = "0.1.0"
 
-__all__ = ["PSPNet", "PSPNetError", "create_model", "replace_head", "__version__"]
+__all__ = ["PSPNet", "PSPNetError", "Segmenter", "create_model", "load", "replace_head", "__version__"]

@@ -12,10 +12,10 @@ import sys
 from typing import Sequence
 
 from pspnet import __version__
-from pspnet.cli import train_eval
+from pspnet.cli import predict, train_eval
 from pspnet.errors import PSPNetError
 
-COMMANDS = [train_eval]
+COMMANDS = [train_eval, predict]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -217,6 +217,7 @@ def save_safetensors(model: PSPNet, path: str | Path) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"pspnet_config": json.dumps(model.config), "format": "pt"})
+    tmp.chmod(0o644)  # safetensors creates 0600 files; published weights must be readable by everyone
     tmp.replace(path)
 
 

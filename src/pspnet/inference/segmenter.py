@@ -1,0 +1,148 @@
+"""``Segmenter``: a model plus its preprocessing, for images in any form.
+
+    seg = pspnet.Segmenter("camvid")
+    labels = seg("street.png")          # (H, W) class indices at the original resolution
+    seg.overlay("street.png").save("overlay.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pspnet.data.io import read_image, to_rgb
+from pspnet.errors import PSPNetError
+from pspnet.inference.predict import predict_probs
+from pspnet.inference.visualize import overlay as draw_overlay
+from pspnet.model.bundled import load
+from pspnet.model.pspnet import PSPNet
+from pspnet.runtime import autocast, resolve_device, resolve_precision
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+
+# Whole-image inference on more pixels than this is refused (activations would need tens of GB);
+# sliding-window mode has no such limit because it only holds one crop at a time.
+MAX_WHOLE_IMAGE_PIXELS = 16_000_000
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """PIL RGB from a path, PIL image, HWC/HW uint8 array or CHW tensor (uint8 or float 0..1)."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            raise PSPNetError(f"image tensor must be (C, H, W) with C in 1, 3, 4, got {tuple(t.shape)}")
+        if t.is_floating_point():
+            t = (t.clamp(0, 1) * 255).round()
+        image = t.to(torch.uint8).permute(1, 2, 0).numpy()
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise PSPNetError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+        if arr.dtype != np.uint8:
+            if np.issubdtype(arr.dtype, np.floating):
+                arr = (np.clip(arr, 0, 1) * 255).round()
+            arr = arr.astype(np.uint8)
+        return to_rgb(Image.fromarray(arr))
+    raise PSPNetError(f"unsupported image type {type(image).__name__}")
+
+
+class Segmenter:
+    """Runs a PSPNet on images of any size and returns class maps at the original resolution."""
+
+    def __init__(self, model: str | Path | PSPNet = "camvid", device: str = "auto", precision: str = "auto",
+                 mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
+                 flip: bool = False, backend: str = "torch", batch_size: int = 4):
+        if backend == "onnxruntime":
+            from pspnet.inference.ort import OrtModel  # optional dependency
+
+            self.model: Any = OrtModel(model, device=device)
+            self.device = torch.device("cpu")
+            self.precision = "fp32"
+        elif backend == "torch":
+            self.device = resolve_device(device)
+            self.model = model if isinstance(model, PSPNet) else load(model)
+            self.model.eval().to(self.device)
+            self.precision = resolve_precision(precision, self.device)
+        else:
+            raise PSPNetError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        cfg = self.model.config
+        self.class_names: list[str] = cfg["class_names"]
+        self.palette: list[list[int]] = cfg["palette"]
+        self.num_classes: int = cfg["num_classes"]
+        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.align_corners = cfg.get("align_corners", True)
+        self.mode, self.crop, self.scales, self.flip = mode, crop, tuple(scales), flip
+        self.batch_size = batch_size
+        if mode == "slide" and not crop:
+            raise PSPNetError("--mode slide needs --crop H W")
+
+    def _tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
+        return ((x - self.mean) / self.std).to(self.device)
+
+    def _check_size(self, image: Image.Image) -> None:
+        if self.mode == "whole" and image.width * image.height * max(self.scales) ** 2 > MAX_WHOLE_IMAGE_PIXELS:
+            raise PSPNetError(
+                f"image of {image.width}x{image.height} is above the whole-image limit of "
+                f"{MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP (memory); use mode='slide' with a crop (--mode slide --crop 512 512)")
+
+    def probs_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Class probabilities (C, H, W) per image; equal-sized images share a forward pass."""
+        pils = [to_pil(im) for im in images]
+        for im in pils:
+            self._check_size(im)
+        out: list[np.ndarray | None] = [None] * len(pils)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(pils):
+            groups.setdefault(im.size, []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                x = self._tensor([pils[i] for i in chunk])
+                with torch.inference_mode(), autocast(self.device, self.precision):
+                    p = predict_probs(self.model, x, self.num_classes, self.mode, self.crop, self.scales, self.flip,
+                                      self.align_corners)
+                for i, pi in zip(chunk, p.float().cpu().numpy()):
+                    out[i] = pi
+        return out  # type: ignore[return-value]
+
+    def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """(H, W) class maps (uint8 when classes fit) for a list of images."""
+        dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        return [p.argmax(0).astype(dtype) for p in self.probs_batch(images)]
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        return self.predict_batch([image])[0]
+
+    def probs(self, image: ImageLike) -> np.ndarray:
+        return self.probs_batch([image])[0]
+
+    def overlay(self, image: ImageLike, labels: np.ndarray | None = None, alpha: float = 0.5,
+                legend: bool = True) -> Image.Image:
+        """The image with class colours blended in, and a legend of the classes present."""
+        pil = to_pil(image)
+        labels = self(pil) if labels is None else labels
+        return draw_overlay(pil, labels, self.palette, self.class_names, alpha, legend)
+
+    def stream(self, images: Iterable[ImageLike]) -> Iterable[np.ndarray]:
+        """Class maps for an iterable (e.g. video frames), batched ``batch_size`` at a time."""
+        buf: list[ImageLike] = []
+        for im in images:
+            buf.append(im)
+            if len(buf) == self.batch_size:
+                yield from self.predict_batch(buf)
+                buf = []
+        if buf:
+            yield from self.predict_batch(buf)

@@ -1,0 +1,90 @@
+"""Video in, overlay video out (PyAV), frame count, size and frame rate preserved."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pspnet.errors import PSPNetError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+def _av():
+    try:
+        import av
+    except ImportError as err:
+        raise PSPNetError("video needs PyAV: pip install 'pspnet[video]'") from err
+    return av
+
+
+def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: float = 0.5,
+                  progress: bool = True, on_labels: Callable[[int, np.ndarray], None] | None = None) -> dict:
+    """Write ``out_path`` (mp4) with the overlay of every frame; returns frame count, size and fps."""
+    av = _av()
+    path, out_path = Path(path), Path(out_path)
+    if not path.is_file():
+        raise PSPNetError(f"{path}: no such video file")
+    try:
+        src = av.open(str(path))
+        stream = src.streams.video[0]
+    except (av.error.FFmpegError, IndexError) as err:
+        raise PSPNetError(f"{path}: cannot decode this video ({err})") from err
+    fps = stream.average_rate or stream.guessed_rate or Fraction(25)
+    total = stream.frames or None
+    width, height = stream.codec_context.width, stream.codec_context.height
+    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
+    dst = av.open(str(tmp), "w")
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    ostream = dst.add_stream(codec, rate=fps)
+    ostream.width, ostream.height = width - width % 2, height - height % 2
+    ostream.pix_fmt = "yuv420p"
+    count = 0
+
+    def frames():
+        try:
+            for frame in src.decode(stream):
+                yield frame.to_image()
+        except av.error.FFmpegError as err:
+            raise PSPNetError(f"{path}: video is damaged after frame {count} ({err})") from err
+
+    try:
+        bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
+        pending: list[Image.Image] = []
+        batch = max(1, segmenter.batch_size)
+
+        def flush():
+            nonlocal count
+            for image, labels in zip(pending, segmenter.predict_batch(pending)):
+                if on_labels is not None:
+                    on_labels(count, labels)
+                over = segmenter.overlay(image, labels, alpha=alpha, legend=False)
+                if over.size != (ostream.width, ostream.height):
+                    over = over.crop((0, 0, ostream.width, ostream.height))
+                for packet in ostream.encode(av.VideoFrame.from_image(over)):
+                    dst.mux(packet)
+                count += 1
+                bar.update(1)
+            pending.clear()
+
+        for image in frames():
+            pending.append(image)
+            if len(pending) == batch:
+                flush()
+        flush()
+        for packet in ostream.encode():
+            dst.mux(packet)
+        bar.close()
+    finally:
+        dst.close()
+        src.close()
+    if count == 0:
+        tmp.unlink(missing_ok=True)
+        raise PSPNetError(f"{path}: no decodable frames")
+    tmp.replace(out_path)
+    return {"frames": count, "width": width, "height": height, "fps": float(fps), "output": str(out_path)}
