@@ -13,12 +13,15 @@ from tqdm import tqdm
 
 from pspnet.errors import PSPNetError
 
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment images, folders, globs or videos",
                        description="Writes <stem>.png (palette label map, class indices) and <stem>_overlay.png per "
                                    "image, <stem>_overlay.mp4 per video, at the original resolution.")
-    p.add_argument("inputs", nargs="+", help="image files, folders (recursive), glob patterns, videos, or - for stdin")
+    p.add_argument("inputs", nargs="*", help="image files, folders (recursive), glob patterns, videos, or - for stdin "
+                   "(default: the bundled sample frame)")
     p.add_argument("--model", default="camvid", help="bundled name (camvid), .safetensors/.pth/.onnx file, folder or Hub id")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)")
     p.add_argument("--device", default="auto")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.inference.video import segment_video
     from pspnet.inference.visualize import confidence_png, label_png
 
-    images, videos, stdin = expand_inputs(args.inputs)
+    images, videos, stdin = expand_inputs(args.inputs or [str(SAMPLE)])
     seg = Segmenter(args.model, device=args.device, precision=args.precision, backend=args.backend,
                     mode=args.mode, crop=args.crop, scales=args.scales, flip=args.flip, batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)

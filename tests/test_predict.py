@@ -1,0 +1,106 @@
+"""pspnet predict and the Segmenter API on the bundled model: images, folders, globs, stdin, video."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pspnet
+from pspnet.cli import main
+
+SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return pspnet.Segmenter("camvid", precision="fp32")
+
+
+def test_cli_predict_sample(tmp_path, seg):
+    assert main(["predict", str(SAMPLE), "--out", str(tmp_path), "--precision", "fp32", "--save-probs",
+                 "--save-confidence", "--no-progress"]) == 0
+    stem = SAMPLE.stem
+    label = Image.open(tmp_path / f"{stem}.png")
+    assert label.mode == "P" and label.size == Image.open(SAMPLE).size
+    assert label.getpalette()[:6] == [c for rgb in seg.palette[:2] for c in rgb]
+    labels = np.asarray(label)
+    assert labels.max() < 11
+    overlay = Image.open(tmp_path / f"{stem}_overlay.png")
+    assert overlay.height == label.height and overlay.width > label.width  # legend panel on the right
+    probs = np.load(tmp_path / f"{stem}_probs.npz")["probs"]
+    assert probs.shape == (11, label.height, label.width)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1, atol=1e-2)
+    assert Image.open(tmp_path / f"{stem}_confidence.png").size == label.size
+    # the Python API gives the same labels as the CLI
+    np.testing.assert_array_equal(seg(SAMPLE), labels)
+
+
+def test_segmenter_accepts_pil_numpy_tensor_path(seg):
+    pil = Image.open(SAMPLE).convert("RGB").resize((120, 90))
+    arr = np.array(pil)
+    ref = seg(pil)
+    assert ref.shape == (90, 120) and ref.dtype == np.uint8
+    np.testing.assert_array_equal(seg(arr), ref)
+    np.testing.assert_array_equal(seg(torch.from_numpy(arr).permute(2, 0, 1)), ref)
+    np.testing.assert_array_equal(seg(torch.from_numpy(arr).permute(2, 0, 1).float() / 255), ref)
+    assert seg.overlay(pil, legend=False).size == pil.size
+    batch = seg.predict_batch([pil, pil.resize((64, 48)), pil])
+    np.testing.assert_array_equal(batch[0], ref)
+    np.testing.assert_array_equal(batch[2], ref)
+    assert batch[1].shape == (48, 64)
+
+
+def test_predict_folder_recursive_glob_and_stdin(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    base = Image.open(SAMPLE).convert("RGB")
+    base.resize((96, 72)).save(src / "a.png")
+    base.resize((80, 60)).convert("L").save(src / "sub" / "b.jpg")  # grayscale works, converted
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "--out", str(out), "--no-progress"]) == 0
+    assert Image.open(out / "a.png").size == (96, 72)
+    assert Image.open(out / "b.png").size == (80, 60)
+    out2 = tmp_path / "out2"
+    assert main(["predict", str(src / "**" / "*.jpg"), "--out", str(out2), "--no-progress"]) == 0
+    assert [p.name for p in sorted(out2.glob("*.png"))] == ["b.png", "b_overlay.png"]
+    buf = io.BytesIO()
+    base.resize((64, 48)).save(buf, format="PNG")
+    out3 = tmp_path / "out3"
+    proc = subprocess.run([sys.executable, "-m", "pspnet", "predict", "-", "--out", str(out3), "--no-progress"],
+                          input=buf.getvalue(), capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert Image.open(out3 / "stdin.png").size == (64, 48)
+
+
+def test_predict_video_keeps_frames_and_size(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    base = Image.open(SAMPLE).convert("RGB").resize((96, 72))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
+        for i in range(7):
+            frame = av.VideoFrame.from_image(base.rotate(i * 3))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "--out", str(out), "--no-progress", "--batch-size", "3"]) == 0
+    with av.open(str(out / "clip_overlay.mp4")) as result:
+        frames = [f.to_image() for f in result.decode(video=0)]
+    assert len(frames) == 7 and frames[0].size == (96, 72)
+
+
+def test_slide_mode_and_size_limit(seg):
+    big = Image.open(SAMPLE).convert("RGB")
+    slide = pspnet.Segmenter(seg.model, precision="fp32", mode="slide", crop=(256, 256))
+    assert slide(big).shape == (360, 480)
+    huge = np.zeros((5000, 4000, 3), dtype=np.uint8)
+    with pytest.raises(pspnet.PSPNetError, match="whole-image limit"):
+        seg(huge)
