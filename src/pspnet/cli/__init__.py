@@ -12,10 +12,10 @@ import sys
 from typing import Sequence
 
 from pspnet import __version__
-from pspnet.cli import predict, train_eval
+from pspnet.cli import check_data, predict, train_eval
 from pspnet.errors import PSPNetError
 
-COMMANDS = [train_eval, predict]
+COMMANDS = [train_eval, predict, check_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

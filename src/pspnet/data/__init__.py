@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from pspnet.data.datasets import SegmentationDataset, camvid
+from pspnet.data.custom import folder, list_dataset
+from pspnet.data.datasets import (SegmentationDataset, ade20k, camvid, cityscapes, coco_stuff, collect_problems,
+                                  voc)
 from pspnet.errors import PSPNetError
 
-# name -> builder(root, split, transform); the data issue adds the other standard layouts here.
+# name -> builder(root, split, transform, **options); only ``folder`` and ``list`` take options.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "camvid": camvid,
+    "voc": voc,
+    "voc2012": voc,
+    "cityscapes": cityscapes,
+    "ade20k": ade20k,
+    "coco_stuff": coco_stuff,
+    "coco-stuff": coco_stuff,
+    "folder": folder,
+    "list": list_dataset,
 }
+TAKES_OPTIONS = {"folder", "list"}
 
 
-def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None) -> SegmentationDataset:
+def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,
+                  **options: Any) -> SegmentationDataset:
     """A dataset by its layout name (see ``DATASETS``), rooted at ``root``."""
     if name not in DATASETS:
         raise PSPNetError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     if not Path(root).exists():
         raise PSPNetError(f"{root}: dataset root does not exist")
-    return DATASETS[name](root, split, transform)
+    options = {k: v for k, v in options.items() if v is not None}
+    if options and name not in TAKES_OPTIONS:
+        raise PSPNetError(f"dataset {name!r} has a fixed layout and takes no options (got {sorted(options)}); "
+                          f"options are for {sorted(TAKES_OPTIONS)}")
+    return DATASETS[name](root, split, transform, **options)
+
+
+__all__ = ["DATASETS", "SegmentationDataset", "build_dataset", "collect_problems"]

@@ -1,0 +1,50 @@
+"""``pspnet check-data``: validate a dataset before a long run; exit code 2 if anything is wrong."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from pspnet.errors import PSPNetError
+
+
+def parse_options(items: list[str]) -> dict:
+    """``KEY=YAML`` pairs (``--data-opt num_classes=3``) as a dict."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise PSPNetError(f"--data-opt expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-data", help="validate a dataset and report every problem at once",
+                       description="Read every image and mask of the given splits and list all problems: missing "
+                       "masks or images, size mismatches, label values outside the class set, unreadable, corrupt "
+                       "or empty files, empty folders. Exit code 2 if there are any.")
+    p.add_argument("--dataset", required=True, help="layout: camvid, voc, cityscapes, ade20k, coco_stuff, folder, list")
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--split", nargs="+", default=["train", "val"])
+    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=YAML",
+                   help="folder/list options, e.g. --data-opt num_classes=3 --data-opt binary=true")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from pspnet.data.check import check_dataset
+
+    report = check_dataset(args.dataset, args.data_root, args.split, workers=args.workers,
+                           progress=not args.no_progress, **parse_options(args.data_opt))
+    print(report.text())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.ok else 2
