@@ -111,3 +111,27 @@ def test_efficientnet_lite_pretrained_weights_are_loaded():
     assert torch.equal(sd["conv_stem.weight"], raw["_conv_stem.weight"])
     assert torch.equal(sd["blocks.6.0.conv_pwl.weight"], raw["_blocks.15._project_conv.weight"])
     assert m.config["mean"] == [0.5, 0.5, 0.5] and m.config["std"] == [0.5, 0.5, 0.5]
+
+
+def test_efficientnet_lite_imagenet_predictions_on_the_sample_frame():
+    """The offline weights are real ImageNet weights: street classes for a street, cycles for cyclists."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    import pspnet
+    from pspnet.model.timm_backbone import load_efficientnet_lite_classifier
+
+    model = load_efficientnet_lite_classifier("tf_efficientnet_lite0")
+    frame = Image.open(Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg").convert("RGB")
+
+    def top5(img: Image.Image) -> set[int]:
+        x = torch.from_numpy(np.array(img.resize((224, 224)))).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
+        with torch.no_grad():
+            return set(model(x[None])[0].topk(5).indices.tolist())
+
+    street = {829, 874, 919, 920, 705}  # streetcar, trolleybus, street sign, traffic light, passenger car
+    cycles = {444, 671, 665, 870, 880}  # tandem, mountain bike, moped, tricycle, unicycle
+    assert top5(frame) & street
+    assert top5(frame.crop((180, 150, 300, 270))) & cycles
