@@ -82,7 +82,7 @@ function renderLegend(classes) {
     const color = `rgb(${c.color.join(",")})`;
     const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = color;
     const nm = document.createElement("span"); nm.className = "name"; nm.textContent = c.name;
-    const sh = document.createElement("span"); sh.className = "share"; sh.textContent = `${(100 * c.fraction).toFixed(1)}%`;
+    const sh = document.createElement("span"); sh.className = "share"; sh.textContent = c.fraction < 0.001 ? "<0.1%" : `${(100 * c.fraction).toFixed(1)}%`;
     const bar = document.createElement("span"); bar.className = "bar";
     const fill = document.createElement("span"); fill.style.width = `${100 * c.fraction}%`; fill.style.background = color;
     bar.append(fill); li.append(sw, nm, sh, bar); list.append(li);
