@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from pspnet.cli.check_data import parse_options
 from pspnet.errors import PSPNetError
 
 
@@ -18,16 +19,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/last.pt (or a given checkpoint)")
     p.add_argument("--no-progress", action="store_true")
     for name, kind in [("dataset", str), ("data-root", str), ("model", str), ("out-dir", str), ("batch-size", int),
-                       ("iterations", int), ("lr", float), ("optimizer", str), ("precision", str), ("device", str),
+                       ("iterations", int), ("epochs", float), ("lr", float), ("optimizer", str), ("precision", str), ("device", str),
                        ("workers", int), ("seed", int), ("eval-every", int), ("checkpoint-every", int),
                        ("warmup-iters", int), ("aux-weight", float), ("head-lr-mult", float), ("weight-decay", float)]:
         p.add_argument(f"--{name}", type=kind)
     p.add_argument("--crop-size", type=int, nargs="+", help="H [W]")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--wandb", action="store_true", default=None)
+    p.add_argument("--data-opt", action="append", default=[], metavar="KEY=YAML",
+                   help="folder/list dataset options, e.g. --data-opt num_classes=2 --data-opt binary=true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                    help="any other option, e.g. --set model_kwargs='{output_stride: 16}'")
     p.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="evaluate a model on a dataset split (mIoU, per-class IoU, confusion matrix)",
+                       description="Writes metrics.json, per_class_iou.png and confusion_matrix.png to --out and "
+                       "prints the per-class table.")
+    e.add_argument("--model", default="camvid", help="bundled name, .safetensors, model folder or checkpoint")
+    e.add_argument("--dataset", required=True)
+    e.add_argument("--data-root", required=True, type=Path)
+    e.add_argument("--split", default="val")
+    e.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    e.add_argument("--crop", type=int, nargs="+", metavar="H W", help="window of slide mode (usually the train crop)")
+    e.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.5 0.75 1 1.25 1.5 1.75")
+    e.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
+    e.add_argument("--out", type=Path, help="folder for metrics.json and the plots")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    e.add_argument("--limit", type=int, help="only the first N images (a quick look)")
+    e.add_argument("--data-opt", action="append", default=[], metavar="KEY=YAML", help="folder/list dataset options")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -43,9 +65,11 @@ def run_train(args: argparse.Namespace) -> int:
             raise PSPNetError(f"{args.config}: not valid YAML ({err})") from err
     for key in ("dataset", "data_root", "model", "out_dir", "batch_size", "iterations", "lr", "optimizer",
                 "precision", "device", "workers", "seed", "eval_every", "checkpoint_every", "warmup_iters",
-                "aux_weight", "head_lr_mult", "weight_decay", "crop_size", "channels_last", "wandb"):
+                "aux_weight", "head_lr_mult", "weight_decay", "crop_size", "channels_last", "wandb", "epochs"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
+    if args.data_opt:
+        values["dataset_options"] = {**(values.get("dataset_options") or {}), **parse_options(args.data_opt)}
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -53,4 +77,18 @@ def run_train(args: argparse.Namespace) -> int:
         values[key] = yaml.safe_load(raw)
     result = train(TrainConfig.from_dict(values), resume=args.resume, progress=not args.no_progress)
     print(json.dumps({"best_miou": result["best_miou"], "out_dir": result["out_dir"]}))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pspnet.engine.evaluate import evaluate_model
+
+    if args.crop is not None and len(args.crop) not in (1, 2):
+        raise PSPNetError(f"--crop takes H [W], got {args.crop}")
+    metrics = evaluate_model(args.model, args.dataset, args.data_root, args.split, args.mode, args.crop, args.scales,
+                             args.flip, args.device, args.precision, args.out, args.limit, not args.no_progress,
+                             **parse_options(args.data_opt))
+    print(metrics.table())
+    if args.out:
+        print(f"wrote {args.out / 'metrics.json'}, per_class_iou.png, confusion_matrix.png")
     return 0

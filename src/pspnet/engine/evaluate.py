@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pspnet.engine.metrics import ConfusionMatrix, Metrics
+from pspnet.errors import PSPNetError
 from pspnet.inference.predict import predict_probs
 from pspnet.runtime import autocast
 
@@ -35,6 +36,44 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "
     finally:
         model.train(was_training)
     return cm.compute(class_names or getattr(dataset, "class_names", None))
+
+
+def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str | Path, split: str = "val",
+                   mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
+                   flip: bool = False, device: str = "auto", precision: str = "auto",
+                   out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
+                   **dataset_options) -> Metrics:
+    """Evaluate a model (a PSPNet, a weights path or a bundled name) on a dataset split; with ``out_dir``
+    also write metrics.json, per_class_iou.png and confusion_matrix.png there."""
+    from torch.utils.data import Subset
+
+    from pspnet.data import build_dataset
+    from pspnet.data.transforms import eval_transforms
+    from pspnet.runtime import resolve_device, resolve_precision
+
+    if mode not in ("whole", "slide"):
+        raise PSPNetError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide" and not crop:
+        raise PSPNetError("slide mode needs a crop size (--crop H W), e.g. the training crop")
+    if crop is not None and len(crop) == 1:
+        crop = (crop[0], crop[0])
+    if isinstance(model, (str, Path)):
+        from pspnet import load
+
+        model = load(model)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    ds = build_dataset(dataset, data_root, split, eval_transforms(model.config["mean"], model.config["std"]),
+                       **dataset_options)
+    if ds.num_classes != model.num_classes:
+        raise PSPNetError(f"the model predicts {model.num_classes} classes but {dataset} at {data_root} has "
+                          f"{ds.num_classes}")
+    names = ds.class_names
+    subset = Subset(ds, range(min(limit, len(ds)))) if limit else ds
+    metrics = evaluate(model.to(dev), subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names)
+    if out_dir is not None:
+        write_report(metrics, out_dir)
+    return metrics
 
 
 def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:

@@ -41,6 +41,7 @@ class TrainConfig:
 
     dataset: str = "camvid"
     data_root: str = "data/camvid"
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # folder/list datasets: classes, binary, ...
     model: str = "pspnet_resnet50"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained_backbone: bool | str = True
@@ -52,6 +53,7 @@ class TrainConfig:
     rotate: float = 10.0
     batch_size: int = 16
     iterations: int = 30000
+    epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -69,6 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     tensorboard: bool = True
+    tb_images: int = 3  # val images drawn to TensorBoard (image | truth | prediction) at each evaluation
     wandb: bool = False
 
     @classmethod
@@ -145,22 +148,35 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """Every RNG the run touches, as tensors and ints only, so ``torch.load(weights_only=True)`` reads it back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state.get("numpy")
+    if isinstance(numpy_state, (list, tuple)) and isinstance(numpy_state[1], torch.Tensor):
+        kind, keys, pos, has_gauss, gauss = numpy_state
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    # (older checkpoints pickled a numpy array, which the safe loader cannot rebuild; nothing here draws from numpy)
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or continue) a training run; returns a summary with the best val mIoU and file paths."""
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or continue) a training run; returns a summary with the best val mIoU, paths and the model.
+
+    ``stop_after`` ends this call after that many iterations with a checkpoint (for time-boxed jobs);
+    ``resume="auto"`` then carries on exactly where it stopped.
+    """
     rank, local_rank, world = _distributed()
-    if world > 1 and not dist.is_initialized():
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = resolve_device(f"cuda:{local_rank}" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
     if device.type == "cuda":
@@ -179,7 +195,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    train_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split)
+    train_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, **cfg.dataset_options)
+    if cfg.epochs is not None:
+        cfg = dataclasses.replace(cfg, iterations=epochs_to_iterations(cfg.epochs, len(train_set), cfg.batch_size,
+                                                                       world))
     model_kwargs = {"class_names": train_set.class_names, "palette": train_set.palette, **cfg.model_kwargs}
     model = create_model(cfg.model, num_classes=train_set.num_classes,
                          pretrained_backbone=False if ckpt else cfg.pretrained_backbone, **model_kwargs)
@@ -209,11 +228,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start, best_miou, history = ckpt["iteration"], ckpt["best_miou"], ckpt.get("history", [])
-        _set_rng_state(ckpt["rng"])
 
     net: nn.Module = model
+    sync_bn = world > 1 and device.type == "cuda"  # PyTorch's SyncBatchNorm has no CPU kernel
     if world > 1:
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world)
@@ -222,7 +242,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
                         persistent_workers=cfg.workers > 0)
     val_set = None
     if cfg.val_split and is_main:
-        val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, eval_transforms(mean, std))
+        val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, eval_transforms(mean, std),
+                                **cfg.dataset_options)
 
     writer = _tensorboard(out) if cfg.tensorboard and is_main else None
     wandb_run = _wandb(cfg) if cfg.wandb and is_main else None
@@ -235,13 +256,18 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
 
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a save that a SIGKILL interrupted
+            stale.unlink(missing_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     net.train()
     bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not (progress and is_main),
                dynamic_ncols=True)
-    batches = iter(loader)
+    batches = iter(loader)  # draws the loader's base seed from the global RNG, so restore the RNG after it
+    if ckpt is not None:
+        _set_rng_state(ckpt["rng"])
     t_last = time.perf_counter()
-    for it in range(start, cfg.iterations):
+    end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
+    for it in range(start, end):
         images, masks = next(batches)
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if cfg.channels_last:
@@ -252,9 +278,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         main_loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
         loss = main_loss + cfg.aux_weight * F.cross_entropy(aux.float(), masks, ignore_index=255) if aux is not None else main_loss
         if not torch.isfinite(loss):
-            raise PSPNetError(f"loss became {loss.item()} at iteration {it + 1}: lower the learning rate "
-                              f"(now {scheduler.get_last_lr()[0]:.3g}) or use --precision fp32; "
-                              f"the last good checkpoint is {out / 'last.pt'}")
+            last = out / "last.pt"
+            raise PSPNetError(f"loss became {loss.item()} at iteration {it + 1}: training diverged. Lower the "
+                              f"learning rate (now {scheduler.get_last_lr()[0]:.3g}), add --warmup-iters or use "
+                              "--precision fp32; " + (f"the last good checkpoint is {last}" if last.exists()
+                                                      else "no checkpoint was written yet"))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -278,15 +306,19 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
                 history.append({"iteration": done, "val_miou": metrics.miou, "val_macc": metrics.macc,
                                 "val_aacc": metrics.aacc})
                 _log(writer, wandb_run, {"val/mIoU": metrics.miou, "val/mAcc": metrics.macc}, done)
+                if writer is not None and cfg.tb_images:
+                    _log_overlays(writer, model, val_set, cfg.tb_images, device, precision, done)
                 bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mAcc {100 * metrics.macc:.2f}")
                 if metrics.miou > best_miou:
                     best_miou = metrics.miou
                     save("best.pt", done)
                     save_safetensors(model, out / "best.safetensors")
                     (out / "best_metrics.json").write_text(json.dumps({"iteration": done, **metrics.to_dict()}, indent=2))
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            if done % cfg.checkpoint_every == 0 or done in (cfg.iterations, end):
                 save("last.pt", done)
     bar.close()
+    if world > 1 and not sync_bn:
+        _average_buffers(model, world)  # plain BN: each rank's running stats saw only its own data
     if is_main:
         save_safetensors(model, out / "last.safetensors")
         (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -294,7 +326,42 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             writer.close()
     if world > 1:
         dist.barrier()
-    return {"best_miou": best_miou, "out_dir": str(out), "iterations": cfg.iterations, "history": history}
+        if own_group:
+            dist.destroy_process_group()
+    return {"best_miou": best_miou, "out_dir": str(out), "iterations": cfg.iterations, "history": history,
+            "model": model}
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """Average floating-point buffers (BN running mean/var) over ranks so every rank ends identical."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf /= world
+
+
+@torch.no_grad()
+def _log_overlays(writer, model: PSPNet, dataset: Dataset, count: int, device: torch.device, precision: str,
+                  step: int) -> None:
+    """A few val images as image | ground truth | prediction strips (cheap: ``count`` forward passes)."""
+    from pspnet.inference.visualize import colorize
+
+    model.eval()
+    mean = torch.tensor(model.config["mean"]).view(3, 1, 1)
+    std = torch.tensor(model.config["std"]).view(3, 1, 1)
+    palette = model.config["palette"]
+    try:
+        for i in range(min(count, len(dataset))):
+            image, mask = dataset[i]
+            with autocast(device, precision):
+                pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
+            rgb = ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            truth = colorize(mask.numpy(), palette)
+            truth[mask.numpy() == 255] = 0
+            blend = (0.5 * rgb + 0.5 * colorize(pred, palette)).astype(np.uint8)
+            writer.add_image(f"val/sample_{i}", np.concatenate([rgb, truth, blend], 1), step, dataformats="HWC")
+    finally:
+        model.train()
 
 
 def _tensorboard(out: Path):
