@@ -258,3 +258,18 @@ def test_slide_mode_bounds_the_input_of_a_2048x1024_image():
     assert probs.shape == (1, 2, 1024, 2048)
     assert model.largest == (512, 512)  # the network never sees more than one window
     assert torch.allclose(probs.sum(1), torch.ones(1, 1024, 2048), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,crop,epochs,dataset", [("voc2012_pspnet50", 473, 50, "voc"),
+                                                      ("cityscapes_pspnet50", 713, 200, "cityscapes"),
+                                                      ("ade20k_pspnet50", 473, 100, "ade20k")])
+def test_recipes_follow_semseg(name, crop, epochs, dataset):
+    import yaml
+
+    from pspnet.data import DATASETS
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = TrainConfig.from_dict(yaml.safe_load(path.read_text()))
+    assert cfg.crop_size == (crop, crop) and cfg.epochs == epochs and cfg.dataset == dataset and dataset in DATASETS
+    assert (cfg.lr, cfg.power, cfg.momentum, cfg.weight_decay, cfg.aux_weight) == (0.01, 0.9, 0.9, 1e-4, 0.4)
+    assert cfg.batch_size * 8 == 16 and cfg.model == "pspnet_resnet50"
