@@ -45,6 +45,8 @@ class TrainConfig:
     model: str = "pspnet_resnet50"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained_backbone: bool | str = True
+    init_weights: str | None = None  # start from these weights (e.g. an earlier run's best.safetensors)
+    class_weights: str | list[float] | None = None  # "median_frequency", "sqrt_median_frequency" or one per class
     out_dir: str = "runs/train"
     train_split: str = "train"
     val_split: str | None = "val"
@@ -128,6 +130,33 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
+def loss_weights(spec: str | list[float] | None, dataset) -> torch.Tensor | None:
+    """Per-class loss weights; median frequency balancing (SegNet) lifts rare classes such as poles.
+
+    The frequency of a class is its pixel count over the pixels of the images it appears in.
+    """
+    if spec is None:
+        return None
+    n = dataset.num_classes
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != n:
+            raise PSPNetError(f"class_weights has {len(spec)} values for {n} classes")
+        return torch.tensor(spec, dtype=torch.float32)
+    if spec not in ("median_frequency", "sqrt_median_frequency"):
+        raise PSPNetError(f"class_weights must be a list, 'median_frequency' or 'sqrt_median_frequency', got {spec!r}")
+    pixels, image_pixels = np.zeros(n), np.zeros(n)
+    for i in range(len(dataset)):
+        mask = dataset.load_mask(i)
+        counts = np.bincount(mask[mask != 255].ravel(), minlength=n)[:n]
+        pixels += counts
+        image_pixels += (counts > 0) * mask.size
+    freq = pixels / np.maximum(image_pixels, 1)
+    weights = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 0.0)
+    if spec == "sqrt_median_frequency":
+        weights = np.sqrt(weights)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
 def poly_lr(iteration: int, total: int, power: float = 0.9, warmup: int = 0) -> float:
     """Multiplier of the base lr: linear warm-up, then (1 - it/total)^power (semseg's poly schedule)."""
     if warmup and iteration < warmup:
@@ -202,6 +231,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     model_kwargs = {"class_names": train_set.class_names, "palette": train_set.palette, **cfg.model_kwargs}
     model = create_model(cfg.model, num_classes=train_set.num_classes,
                          pretrained_backbone=False if ckpt else cfg.pretrained_backbone, **model_kwargs)
+    if cfg.init_weights and ckpt is None:
+        init = PSPNet.from_pretrained(cfg.init_weights)
+        model.load_state_dict(init.state_dict(), strict=model.aux is not None and init.aux is not None)
+    weight = loss_weights(cfg.class_weights, train_set)
+    weight = weight.to(device) if weight is not None else None
     if model.aux is None and cfg.aux_weight:
         raise PSPNetError("aux_weight > 0 needs a model built with aux=True")
     mean, std = model.config["mean"], model.config["std"]
@@ -275,8 +309,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         with autocast(device, precision):
             outputs = net(images)
         logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
-        main_loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
-        loss = main_loss + cfg.aux_weight * F.cross_entropy(aux.float(), masks, ignore_index=255) if aux is not None else main_loss
+        main_loss = F.cross_entropy(logits.float(), masks, weight, ignore_index=255)
+        loss = main_loss + cfg.aux_weight * F.cross_entropy(aux.float(), masks, weight, ignore_index=255) if aux is not None else main_loss
         if not torch.isfinite(loss):
             last = out / "last.pt"
             raise PSPNetError(f"loss became {loss.item()} at iteration {it + 1}: training diverged. Lower the "
