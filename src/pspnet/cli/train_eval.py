@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/last.pt (or a given checkpoint)")
     p.add_argument("--no-progress", action="store_true")
     for name, kind in [("dataset", str), ("data-root", str), ("model", str), ("out-dir", str), ("batch-size", int),
-                       ("iterations", int), ("epochs", float), ("lr", float), ("optimizer", str), ("precision", str), ("device", str),
+                       ("iterations", int), ("epochs", float), ("lr", float), ("optimizer", str),
+                       ("precision", str), ("device", str),
                        ("workers", int), ("seed", int), ("eval-every", int), ("checkpoint-every", int),
                        ("warmup-iters", int), ("aux-weight", float), ("head-lr-mult", float), ("weight-decay", float)]:
         p.add_argument(f"--{name}", type=kind)
