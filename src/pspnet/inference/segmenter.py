@@ -62,6 +62,8 @@ class Segmenter:
     def __init__(self, model: str | Path | PSPNet = "camvid", device: str = "auto", precision: str = "auto",
                  mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                  flip: bool = False, backend: str = "torch", batch_size: int = 4):
+        if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
+            backend = "onnxruntime"  # an exported file runs nowhere else
         if backend == "onnxruntime":
             from pspnet.inference.ort import OrtModel  # optional dependency
 
