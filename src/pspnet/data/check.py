@@ -64,8 +64,8 @@ class CheckReport:
             lines.append("no problems found")
             return "\n".join(lines)
         by_kind = Counter(p.kind for p in self.problems)
-        lines.append(f"{len(self.problems)} problems: " + ", ".join(f"{n} {KIND_TITLES.get(k, k)}"
-                                                                    for k, n in by_kind.items()))
+        counts = ", ".join(f"{n} {KIND_TITLES.get(k, k)}" for k, n in by_kind.items())
+        lines.append(f"{len(self.problems)} problem{'s' if len(self.problems) > 1 else ''}: {counts}")
         for kind in by_kind:
             lines.append(f"{KIND_TITLES.get(kind, kind)}:")
             lines += [f"  {p}" for p in self.problems if p.kind == kind]
@@ -123,5 +123,6 @@ def check_dataset(name: str, root: str | Path, splits: Sequence[str] = ("train",
                 report.problems += found
                 if hist is not None:
                     pixels += hist
-        report.class_pixels[split] = pixels.tolist()
+        if len(ds):
+            report.class_pixels[split] = pixels.tolist()
     return report

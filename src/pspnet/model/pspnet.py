@@ -159,8 +159,49 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
     # ---- weights with their config --------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:  # type: ignore[override]
-        """Write ``model.safetensors`` (config in its metadata) and ``config.json`` to a directory."""
-        super().save_pretrained(save_directory, config=self.config, **kwargs)
+        """Write ``model.safetensors`` (config in its metadata), ``config.json`` and a model card to a directory."""
+        kwargs["config"] = kwargs.get("config") or self.config  # push_to_hub passes config=None explicitly
+        super().save_pretrained(save_directory, **kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        """A README.md that says what the weights expect (preprocessing, classes) and how to load them.
+
+        ``model_card_kwargs`` may give ``repo_id``, ``source`` (a line on where the weights come from)
+        and ``license``.
+        """
+        from huggingface_hub import ModelCard, ModelCardData
+
+        c = self.config
+        repo = kwargs.get("repo_id") or "ORG/NAME"
+        backbone = c["backbone"]
+        if backbone.startswith("resnet"):
+            backbone += f" (deep stem {c['stem_widths']}{', contracted dilation' if c['contract_dilation'] else ''})"
+        card_data = ModelCardData(library_name="pspnet", pipeline_tag="image-segmentation", license=kwargs.get("license"),
+                                  tags=["semantic-segmentation", "pspnet", c["backbone"]])
+        text = "\n".join([
+            "---", card_data.to_yaml(), "---", "",
+            f"# PSPNet ({c['backbone']}, {c['num_classes']} classes)", "",
+            "Pyramid Scene Parsing Network (Zhao et al., CVPR 2017) for semantic segmentation, saved by the "
+            "`pspnet` library.", "",
+            *([kwargs["source"], ""] if kwargs.get("source") else []),
+            "| setting | value |", "| --- | --- |",
+            f"| backbone | {backbone}, output stride {c['output_stride']} |",
+            f"| pyramid bins | {c['bins']} |", f"| align_corners | {c['align_corners']} |",
+            f"| input | RGB scaled to 0..1, then normalised with mean {c['mean']} and std {c['std']} |", "",
+            "## Classes", "", ", ".join(f"`{n}`" for n in c["class_names"]), "",
+            "## Use", "", "```python", "import pspnet", "",
+            f'model = pspnet.PSPNet.from_pretrained("{repo}")  # or a local folder',
+            'labels = pspnet.Segmenter(model)("street.jpg")  # (H, W) class indices, preprocessing as above',
+            "logits = model(images)  # (N, 3, H, W) normalised as above -> (N, classes, H, W)",
+            "```", "", f"or `pspnet predict --model {repo} street.jpg`. The weights are safetensors with the config "
+            "in their metadata: loading them runs no code from the file.", "",
+        ])
+        return ModelCard(text)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:  # type: ignore[override]
+        """Upload weights, config and model card to the Hub repo ``repo_id`` (created if missing)."""
+        kwargs["model_card_kwargs"] = {"repo_id": repo_id, **(kwargs.get("model_card_kwargs") or {})}
+        return super().push_to_hub(repo_id, **kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_safetensors(self, save_directory / WEIGHTS_NAME)
@@ -177,7 +218,13 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
             raise PSPNetError(f"{path}: directory has no {WEIGHTS_NAME}")
         if not path.exists() and (str(pretrained_model_name_or_path).count("/") != 1 or path.suffix):
             raise PSPNetError(f"{path}: no such file, directory or Hub id (Hub ids look like 'org/name')")
-        return super().from_pretrained(str(pretrained_model_name_or_path), **kwargs)
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+        try:
+            return super().from_pretrained(str(pretrained_model_name_or_path), **kwargs)
+        except (EntryNotFoundError, HfHubHTTPError, ConnectionError) as err:  # no network, no repo, no file
+            raise PSPNetError(f"{pretrained_model_name_or_path}: could not get {WEIGHTS_NAME} from the Hugging Face "
+                              f"Hub ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir: Any = None,
@@ -251,7 +298,16 @@ def load_safetensors(path: str | Path, map_location: str = "cpu", **overrides: A
 
 def build_with_state(config: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> PSPNet:
     """Build the model from ``config`` and load ``state`` strictly, explaining any mismatch."""
-    model = PSPNet(**config)
+    classifier = state.get("cls.4.weight")
+    if classifier is not None and classifier.shape[0] != config.get("num_classes"):
+        found, asked = classifier.shape[0], config.get("num_classes")
+        raise PSPNetError(f"{source}: the weights have {found} classes, not {asked}. To fine-tune them on {asked} "
+                          f"classes with a new head: `pspnet convert WEIGHTS --num-classes {asked} --out DIR`, then "
+                          f"train with init_weights: DIR (in Python: pspnet.replace_head(model, {asked}))")
+    try:
+        model = PSPNet(**config)
+    except (TypeError, ValueError) as err:  # a config that no PSPNet has: unknown key, names vs class count
+        raise PSPNetError(f"{source}: its config does not build a PSPNet ({err})") from err
     if not config.get("aux", True):
         state = {k: v for k, v in state.items() if not k.startswith("aux.")}
     own = model.state_dict()
@@ -262,10 +318,7 @@ def build_with_state(config: dict[str, Any], state: dict[str, torch.Tensor], sou
                           f"({len(missing)}), unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
     if wrong:
-        classes = [w for w in wrong if w[0].endswith(("cls.4.weight", "cls.4.bias"))]
-        hint = (f" The checkpoint has {classes[0][1][0]} classes; to fine-tune on {config['num_classes']}, load it "
-                "as it is and replace the last layers: pspnet.model.replace_head(model, num_classes)") if classes else ""
-        raise PSPNetError(f"{source}: {len(wrong)} tensors have other shapes, e.g. {wrong[0][0]} {wrong[0][1]} vs {wrong[0][2]}.{hint}")
+        raise PSPNetError(f"{source}: {len(wrong)} tensors have other shapes, e.g. {wrong[0][0]} {wrong[0][1]} vs {wrong[0][2]}")
     model.load_state_dict(state)
     return model.eval()
 
