@@ -94,17 +94,20 @@ class Segmenter:
         x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
         return ((x - self.mean) / self.std).to(self.device)
 
-    def _check_size(self, image: Image.Image) -> None:
-        if self.mode == "whole" and image.width * image.height * max(self.scales) ** 2 > MAX_WHOLE_IMAGE_PIXELS:
+    def check_size(self, image: Image.Image) -> None:
+        """Refuse whole-image inference that would need more memory than the limit (only the size is read)."""
+        scale = max(self.scales)
+        if self.mode == "whole" and image.width * image.height * scale**2 > MAX_WHOLE_IMAGE_PIXELS:
+            at = f" at scale {scale:g}" if scale != 1 else ""
             raise PSPNetError(
-                f"image of {image.width}x{image.height} is above the whole-image limit of "
+                f"image of {image.width}x{image.height}{at} is above the whole-image limit of "
                 f"{MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP (memory); use mode='slide' with a crop (--mode slide --crop 512 512)")
 
     def probs_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Class probabilities (C, H, W) per image; equal-sized images share a forward pass."""
         pils = [to_pil(im) for im in images]
         for im in pils:
-            self._check_size(im)
+            self.check_size(im)
         out: list[np.ndarray | None] = [None] * len(pils)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(pils):
