@@ -79,14 +79,24 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.data.io import read_image, to_rgb
+    from pspnet.data.io import open_image, read_image, to_rgb
     from pspnet.inference.segmenter import Segmenter
-    from pspnet.inference.video import segment_video
+    from pspnet.inference.video import open_video, segment_video
     from pspnet.inference.visualize import confidence_png, label_png
 
     images, videos, stdin = expand_inputs(args.inputs or [str(SAMPLE)])
     seg = Segmenter(args.model, device=args.device, precision=args.precision, backend=args.backend,
                     mode=args.mode, crop=args.crop, scales=args.scales, flip=args.flip, batch_size=args.batch_size)
+    # Every input's header, before anything is written: a missing, empty, undecodable or too large
+    # file among many fails now rather than after hours of work.
+    for path in images:
+        with open_image(path, decode=False) as header:
+            try:
+                seg.check_size(header)
+            except PSPNetError as err:
+                raise PSPNetError(f"{path}: {err}") from err
+    for path in videos:
+        open_video(path)[0].close()
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write(stem: str, image, probs: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pspnet.data import build_dataset
 from pspnet.data.datasets import Problem, SegmentationDataset, collect_problems
-from pspnet.data.io import _open, read_mask
+from pspnet.data.io import open_image, read_mask
 from pspnet.errors import PSPNetError
 
 KIND_TITLES = {
@@ -78,7 +78,7 @@ def _check_pair(ds: SegmentationDataset, index: int) -> tuple[list[Problem], np.
     problems: list[Problem] = []
     size = None
     try:
-        size = _open(image_path).size
+        size = open_image(image_path).size
     except PSPNetError as err:
         problems.append(Problem("unreadable", str(image_path), str(err).removeprefix(f"{image_path}: ")))
     try:

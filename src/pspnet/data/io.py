@@ -12,7 +12,11 @@ from pspnet.errors import PSPNetError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: str | Path, decode: bool = True) -> Image.Image:
+    """Open an image, decoding every pixel unless ``decode`` is False (then only the header is read).
+
+    Every way this can fail is a ``PSPNetError`` naming the file and the problem.
+    """
     path = Path(path)
     if not path.exists():
         raise PSPNetError(f"{path}: no such file")
@@ -22,11 +26,14 @@ def _open(path: Path) -> Image.Image:
         raise PSPNetError(f"{path}: file is empty (0 bytes)")
     try:
         img = Image.open(path)
-        img.load()
+        if decode:
+            img.load()
     except PermissionError as err:
         raise PSPNetError(f"{path}: cannot read the file (permission denied)") from err
     except UnidentifiedImageError as err:
         raise PSPNetError(f"{path}: not an image file PIL can decode") from err
+    except Image.DecompressionBombError as err:  # a small file that would decode to gigabytes
+        raise PSPNetError(f"{path}: refused, too many pixels to decode safely ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise PSPNetError(f"{path}: corrupt or truncated image ({err})") from err
     return img
@@ -48,13 +55,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def read_image(path: str | Path) -> Image.Image:
     """An 8-bit RGB image from any common format and mode."""
-    return to_rgb(_open(Path(path)))
+    return to_rgb(open_image(path))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A label map as a 2-D integer array: palette PNGs give their indices, 16-bit stays 16-bit."""
     path = Path(path)
-    img = _open(path)
+    img = open_image(path)
     if img.mode in ("RGB", "RGBA"):
         return np.asarray(img.convert("RGB"))  # colour-coded mask: the dataset maps colours to ids
     if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):

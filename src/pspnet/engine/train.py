@@ -232,7 +232,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     model = create_model(cfg.model, num_classes=train_set.num_classes,
                          pretrained_backbone=False if ckpt else cfg.pretrained_backbone, **model_kwargs)
     if cfg.init_weights and ckpt is None:
-        init = PSPNet.from_pretrained(cfg.init_weights)
+        # weights for another class count are refused with a message on giving them a new head
+        init = PSPNet.from_pretrained(cfg.init_weights, num_classes=model.num_classes)
         model.load_state_dict(init.state_dict(), strict=model.aux is not None and init.aux is not None)
     weight = loss_weights(cfg.class_weights, train_set)
     weight = weight.to(device) if weight is not None else None

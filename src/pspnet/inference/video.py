@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -23,18 +23,34 @@ def _av():
     return av
 
 
-def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: float = 0.5,
-                  progress: bool = True, on_labels: Callable[[int, np.ndarray], None] | None = None) -> dict:
-    """Write ``out_path`` (mp4) with the overlay of every frame; returns frame count, size and fps."""
+def open_video(path: str | Path) -> tuple[Any, Any]:
+    """The opened container and its first video stream; any failure names the file."""
     av = _av()
-    path, out_path = Path(path), Path(out_path)
+    path = Path(path)
     if not path.is_file():
         raise PSPNetError(f"{path}: no such video file")
+    if path.stat().st_size == 0:
+        raise PSPNetError(f"{path}: file is empty (0 bytes)")
     try:
         src = av.open(str(path))
-        stream = src.streams.video[0]
-    except (av.error.FFmpegError, IndexError) as err:
+    except (av.error.FFmpegError, OSError) as err:
         raise PSPNetError(f"{path}: cannot decode this video ({err})") from err
+    if not src.streams.video:
+        src.close()
+        raise PSPNetError(f"{path}: has no video stream")
+    return src, src.streams.video[0]
+
+
+def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: float = 0.5,
+                  progress: bool = True, on_labels: Callable[[int, np.ndarray], None] | None = None) -> dict:
+    """Write ``out_path`` (mp4) with the overlay of every frame; returns frame count, size and fps.
+
+    The video is written to a temporary file that replaces ``out_path`` only when complete, so a
+    damaged input never leaves half a video or touches an earlier result.
+    """
+    av = _av()
+    path, out_path = Path(path), Path(out_path)
+    src, stream = open_video(path)
     fps = stream.average_rate or stream.guessed_rate or Fraction(25)
     total = stream.frames or None
     width, height = stream.codec_context.width, stream.codec_context.height
@@ -44,7 +60,7 @@ def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: floa
     ostream = dst.add_stream(codec, rate=fps)
     ostream.width, ostream.height = width - width % 2, height - height % 2
     ostream.pix_fmt = "yuv420p"
-    count = 0
+    count, complete = 0, False
 
     def frames():
         try:
@@ -80,11 +96,13 @@ def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: floa
         for packet in ostream.encode():
             dst.mux(packet)
         bar.close()
+        complete = count > 0
     finally:
         dst.close()
         src.close()
+        if not complete:
+            tmp.unlink(missing_ok=True)
     if count == 0:
-        tmp.unlink(missing_ok=True)
         raise PSPNetError(f"{path}: no decodable frames")
     tmp.replace(out_path)
     return {"frames": count, "width": width, "height": height, "fps": float(fps), "output": str(out_path)}

@@ -302,8 +302,8 @@ def build_with_state(config: dict[str, Any], state: dict[str, torch.Tensor], sou
     if classifier is not None and classifier.shape[0] != config.get("num_classes"):
         found, asked = classifier.shape[0], config.get("num_classes")
         raise PSPNetError(f"{source}: the weights have {found} classes, not {asked}. To fine-tune them on {asked} "
-                          f"classes with a new head: `pspnet convert WEIGHTS --num-classes {asked} --out DIR`, then "
-                          f"train with init_weights: DIR (in Python: pspnet.replace_head(model, {asked}))")
+                          f"classes, give them a new head: `pspnet convert WEIGHTS --num-classes {asked} --out DIR`, "
+                          f"then `pspnet train ... --set init_weights=DIR` (in Python: pspnet.replace_head(model, {asked}))")
     try:
         model = PSPNet(**config)
     except (TypeError, ValueError) as err:  # a config that no PSPNet has: unknown key, names vs class count
