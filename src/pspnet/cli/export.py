@@ -1,0 +1,51 @@
+"""``pspnet export``: a model to ONNX (dynamic batch/height/width, config in the metadata), optionally int8."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (dynamic sizes), optionally int8-quantized",
+                       description="Writes an .onnx file with dynamic batch, height and width and the model config "
+                                   "(classes, palette, mean/std) in its metadata, then checks ONNX Runtime against "
+                                   "PyTorch at two sizes other than the traced one.")
+    p.add_argument("--model", default="camvid", help="bundled name, weights file/folder or Hub id (default: camvid)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="example size for tracing only; the file works at any size")
+    p.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"])
+    p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm as separate nodes")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
+    p.add_argument("--int8", action="store_true", help="also write OUT_int8.onnx (static int8, calibrated on --calib)")
+    p.add_argument("--calib", type=Path, help="folder of real frames to calibrate int8 on (e.g. the training images)")
+    p.add_argument("--calib-count", type=int, default=32)
+    p.add_argument("--calib-size", type=int, nargs=2, metavar=("H", "W"), help="resize calibration frames")
+    p.add_argument("--int8-float", default="sensitive", choices=["classifier", "sensitive", "backbone"],
+                   help="convs kept in float: the classifier; also the stem and depthwise convs (default); or the "
+                        "whole backbone (only the pyramid pooling and head in int8, the most accurate)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pspnet.errors import PSPNetError
+    from pspnet.export.onnx import export_onnx
+
+    if args.int8 and not args.calib:
+        raise PSPNetError("--int8 needs --calib FOLDER with real frames (ranges from noise would be wrong)")
+    report = export_onnx(args.model, args.out, size=args.size, opset=args.opset, exporter=args.exporter,
+                         fold_bn=not args.no_fold_bn, check=not args.no_check)
+    if args.int8:
+        from pspnet.export.quantize import compare_on_frames, quantize_onnx
+
+        out8 = args.out.with_name(args.out.stem + "_int8.onnx")
+        report["int8"] = quantize_onnx(args.out, out8, args.calib, args.calib_count, args.calib_size,
+                                       keep_float=args.int8_float)
+        report["int8"]["vs_fp32"] = compare_on_frames(args.out, out8, args.calib, min(8, args.calib_count),
+                                                      args.calib_size)
+    print(json.dumps(report, indent=2))
+    return 0

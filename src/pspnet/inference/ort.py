@@ -1,0 +1,93 @@
+"""``OrtModel``: an exported .onnx file that Segmenter, predict_probs and evaluate use like a PSPNet.
+
+It takes and returns torch tensors (logits), carries the model config read from the ONNX metadata,
+and has the few ``nn.Module`` methods the callers touch (``eval``, ``train``, ``to``) as no-ops.
+A bundled model name or weights file is exported once into the user cache (see ``cached_onnx``),
+so ``--backend onnxruntime`` takes the same ``--model`` values as the torch backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pspnet.errors import PSPNetError
+
+
+class OrtModel:
+    """An ONNX Runtime session with a PSPNet-like call: ``model(x) -> logits`` for (N, 3, H, W) float input."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+                 providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise PSPNetError(f"the onnxruntime backend needs onnxruntime: pip install 'pspnet[onnx]' ({err})") from err
+        from pspnet.export.onnx import cached_onnx, read_onnx_config
+
+        if not isinstance(path, (str, Path)):
+            raise PSPNetError(f"the onnxruntime backend takes an .onnx file, a bundled model name or a weights file, not "
+                              f"a {type(path).__name__}; export a model object with pspnet.export.onnx.export_onnx")
+        path = Path(path)
+        if path.suffix != ".onnx":
+            path = cached_onnx(path)
+        if not path.is_file():
+            raise PSPNetError(f"{path}: no such ONNX file")
+        self.path = path
+        self.config: dict[str, Any] = read_onnx_config(path)
+        if providers is None:
+            available = ort.get_available_providers()
+            if str(device).startswith("cuda"):
+                if "CUDAExecutionProvider" not in available:
+                    raise PSPNetError(f"{path}: device {device!r} asked for, but this onnxruntime has no CUDA provider "
+                                      "(pip install onnxruntime-gpu)")
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            else:
+                providers = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # constant-folding notices are not the user's problem
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise PSPNetError(f"{path}: ONNX Runtime cannot load it ({err})") from err
+        self.input_name = self.session.get_inputs()[0].name
+        self.training = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.config["num_classes"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config["class_names"]
+
+    @property
+    def align_corners(self) -> bool:
+        return self.config.get("align_corners", True)
+
+    def eval(self) -> "OrtModel":
+        return self
+
+    def train(self, mode: bool = True) -> "OrtModel":
+        if mode:
+            raise PSPNetError(f"{self.path}: an ONNX model cannot be trained")
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "OrtModel":
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise PSPNetError(f"{self.path}: expected input (N, 3, H, W), got {tuple(x.shape)}")
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        (logits,) = self.session.run(None, {self.input_name: arr})
+        return torch.from_numpy(logits).to(x.device)
+
+    def __repr__(self) -> str:
+        return f"OrtModel({str(self.path)!r}, providers={self.session.get_providers()})"

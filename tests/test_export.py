@@ -1,0 +1,227 @@
+"""ONNX export at dynamic sizes, BN folding, fast paths, the onnxruntime backend, int8 and the benchmark CLI.
+
+Tiny models only (a timm test EfficientNet with a 16-channel head): the properties tested here do
+not depend on the model's size, and the whole file runs in well under a minute on two cores.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pspnet import create_model
+from pspnet.cli import main
+from pspnet.errors import PSPNetError
+from pspnet.export.fast import FastPath, fast_call, fast_model
+from pspnet.export.fold import fold_batchnorm, fold_report
+from pspnet.export.pooling import ExportableAdaptiveAvgPool2d
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from pspnet.export.onnx import export_onnx, parity, read_onnx_config  # noqa: E402
+from pspnet.inference.ort import OrtModel  # noqa: E402
+
+TRACED = (64, 96)
+SIZES = ((97, 131), (160, 120))  # odd and even, neither the traced size; bins 2, 3, 6 do not divide them
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """A small PSPNet whose BN statistics are far from the identity, so folding them is a real test."""
+    torch.manual_seed(seed)
+    model = create_model("pspnet_test_efficientnet", num_classes=3, head_channels=16, aux_channels=8)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.3, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    report = export_onnx(model, path, size=TRACED, check_sizes=SIZES)
+    return path, report
+
+
+# ---- pyramid pooling that stays exact at every size ---------------------------------------------------------------
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 6, (2, 5)])
+@pytest.mark.parametrize("size", [(4, 5), (13, 17), (60, 60)])
+def test_exportable_pooling_equals_adaptive_avg_pool(bins, size):
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(ExportableAdaptiveAvgPool2d(bins)(x), nn.AdaptiveAvgPool2d(bins)(x))
+
+
+def test_plain_adaptive_pooling_cannot_export_dynamic_sizes_ours_can(tmp_path):
+    """Why pooling.py exists: the stock exporter refuses adaptive pooling on a dynamic size (and with a fixed
+    size bakes that size's kernel into the graph); ours is exact at a size it never saw."""
+    import onnxruntime as ort
+
+    x, other = torch.randn(1, 2, 12, 12), torch.randn(1, 2, 10, 14)
+    kwargs = {"dynamo": False, "input_names": ["x"], "dynamic_axes": {"x": {2: "h", 3: "w"}}}
+    with pytest.raises(Exception, match="adaptive_avg_pool2d"):
+        torch.onnx.export(nn.AdaptiveAvgPool2d(3), (x,), str(tmp_path / "plain.onnx"), **kwargs)
+    torch.onnx.export(ExportableAdaptiveAvgPool2d(3), (x,), str(tmp_path / "ours.onnx"), **kwargs)
+    session = ort.InferenceSession(str(tmp_path / "ours.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"x": other.numpy()})[0])
+    torch.testing.assert_close(got, nn.AdaptiveAvgPool2d(3)(other))
+
+
+# ---- ONNX export ---------------------------------------------------------------------------------------------------
+
+def test_onnx_matches_pytorch_at_two_sizes_other_than_traced(model, exported):
+    path, report = exported
+    assert report["traced_size"] == list(TRACED)
+    assert [p["size"] for p in report["parity"]] == [list(s) for s in SIZES]
+    for p in parity(model, path, SIZES, batch=2, seed=1):  # batch 2: the batch axis is dynamic too
+        assert p["max_abs_diff"] <= 1e-3, p
+        assert p["argmax_agreement"] >= 0.999, p
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"AveragePool", "BatchNormalization"}  # no baked pool kernels, BN folded
+    dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] and dims[2] and dims[3] and not dims[1]  # N, H, W symbolic; 3 channels fixed
+
+
+def test_onnx_metadata_carries_the_config(model, exported):
+    path, _ = exported
+    config = read_onnx_config(path)
+    for key in ("class_names", "palette", "mean", "std", "num_classes"):
+        assert config[key] == json.loads(json.dumps(model.config[key]))
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert json.loads(meta["class_names"]) == config["class_names"]
+    assert json.loads(meta["palette"]) == config["palette"]
+
+
+def test_export_errors_are_clear(model, tmp_path):
+    with pytest.raises(PSPNetError, match=r"\.onnx"):
+        export_onnx(model, tmp_path / "model.bin", check=False)
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 4, 4),), str(foreign), dynamo=False)
+    with pytest.raises(PSPNetError, match="no 'pspnet_config'"):
+        read_onnx_config(foreign)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(PSPNetError, match="not a readable ONNX file"):
+        read_onnx_config(tmp_path / "junk.onnx")
+    with pytest.raises(PSPNetError, match="not a PSPNet"):
+        OrtModel(model)  # type: ignore[arg-type]
+
+
+def test_export_cli_writes_a_checked_file_with_metadata(model, tmp_path, capsys):
+    weights = tmp_path / "tiny"
+    model.save_pretrained(weights)
+    out = tmp_path / "cli.onnx"
+    assert main(["export", "--model", str(weights), "--out", str(out), "--size", "64", "64"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == str(out) and len(report["parity"]) == 2
+    assert all(p["max_abs_diff"] <= 1e-3 for p in report["parity"])
+    assert read_onnx_config(out)["class_names"] == model.config["class_names"]
+    assert main(["export", "--model", str(weights), "--out", str(out), "--int8"]) == 2
+    assert "--calib" in capsys.readouterr().err
+
+
+# ---- BN folding and the PyTorch fast paths ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("pspnet_test_efficientnet", {}),  # timm BatchNormAct2d (BN + activation in one module)
+    ("pspnet_resnet18", {}),  # our dilated ResNet: BasicBlock, deep stem, pyramid branches, head
+])
+def test_folded_model_equals_unfolded(name, kwargs):
+    torch.manual_seed(0)
+    model = tiny_model() if name == "pspnet_test_efficientnet" else create_model(
+        name, num_classes=3, head_channels=16, aux_channels=8, **kwargs).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    report = fold_report(folded)
+    assert report["remaining"] == 0 and report["folded"] > 10
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 57, 75)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_fast_fp32_path_equals_eager(model):
+    x = torch.randn(1, 3, 70, 90)
+    path = FastPath("fp32 fold+NHWC", fold_bn=True, channels_last=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_call(fast_model(model, path), x, path), model(x), atol=1e-4, rtol=1e-4)
+
+
+# ---- the onnxruntime backend ---------------------------------------------------------------------------------------
+
+def test_segmenter_onnxruntime_backend_gives_the_torch_labels(model, exported, tmp_path, monkeypatch):
+    from pspnet.inference.segmenter import Segmenter
+
+    monkeypatch.setenv("PSPNET_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny"
+    model.save_pretrained(weights)
+    images = [(np.random.RandomState(i).rand(70 + 9 * i, 90, 3) * 255).astype(np.uint8) for i in range(2)]
+    expected = Segmenter(model, device="cpu", precision="fp32").predict_batch(images)
+    by_file = Segmenter(exported[0]).predict_batch(images)  # an .onnx file picks the backend itself
+    by_weights = Segmenter(weights, backend="onnxruntime")  # exported once into the cache
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    for got in (by_file, by_weights.predict_batch(images)):
+        for a, b in zip(expected, got):
+            assert a.shape == b.shape and (a == b).mean() >= 0.999
+    assert by_weights.class_names == model.config["class_names"]
+
+
+# ---- int8 on real frames ---------------------------------------------------------------------------------------------
+
+def test_int8_quantization_on_real_camvid_frames(exported, camvid_root, tmp_path):
+    from pspnet.export.quantize import compare_on_frames, quantize_onnx
+
+    out = tmp_path / "tiny_int8.onnx"
+    report = quantize_onnx(exported[0], out, camvid_root / "train", count=3, size=TRACED)
+    assert report["frames"] == 3 and report["quantized_convs"] > 0
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops and "AveragePool" not in ops
+    assert "quantization" in {p.key for p in onnx.load(str(out)).metadata_props}
+    assert read_onnx_config(out)["class_names"] == read_onnx_config(exported[0])["class_names"]
+    cmp = compare_on_frames(exported[0], out, camvid_root / "val", count=2, size=SIZES[0])  # not the calibration size
+    assert cmp["frames"] == 2 and 0.0 <= cmp["argmax_agreement"] <= 1.0
+    assert not list(tmp_path.glob("*augmented*"))  # onnxruntime's scratch file is cleaned up
+
+
+def test_int8_needs_real_frames(exported, tmp_path):
+    from pspnet.export.quantize import quantize_onnx
+
+    with pytest.raises(PSPNetError, match="does not exist"):
+        quantize_onnx(exported[0], tmp_path / "q.onnx", tmp_path / "missing")
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------------------------
+
+def test_benchmark_cli_emits_json_and_a_chart(tmp_path, capsys):
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["benchmark", "--model", "pspnet_test_efficientnet", "--num-classes", "3", "--size", "48", "64",
+            "--repeats", "2", "--threads", "1", "--peak-seconds", "0.1", "--bundled", "", "--no-peers", "--no-onnx",
+            "--no-slide", "--no-val",
+            "--train-size", "32", "32", "--scaling-sizes", "32", "48", "--scaling-batches", "1", "2",
+            "--json", str(out), "--chart", str(chart), "--quiet"]
+    threads = torch.get_num_threads()
+    assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads is for the benchmark only
+    table = capsys.readouterr().out
+    assert "test_efficientnet fp32 eager" in table and "matmul peak" in table
+    result = json.loads(out.read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    eager, fold = rows["test_efficientnet fp32 eager"], rows["test_efficientnet fp32 fold+NHWC"]
+    assert eager["median_ms"] > 0 and eager["gflop"] > 0 and result["machine"]["torch_threads"] == 1
+    assert fold["agreement"] >= 0.999 and fold["correct"] and fold["speedup_vs_fp32_eager"] > 0
+    assert result["training"]["fp32"]["images_per_s"] > 0
+    assert [r["size"] for r in result["scaling"]["by_size"]] == [[32, 32], [48, 48]]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
