@@ -273,6 +273,41 @@ def test_the_fine_tune_advice_works(tmp_path, tiny_model):
     assert (tmp_path / "out" / "last.pt").is_file()
 
 
+def test_a_video_that_fails_midway_leaves_the_earlier_result(tmp_path):
+    """The overlay video is written to a temporary file that only replaces the old one when complete."""
+    av = pytest.importorskip("av")
+    from pspnet.inference.video import segment_video
+
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for _ in range(6):
+            for packet in stream.encode(av.VideoFrame.from_image(noise(32, 24))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    class FailsOnSecondBatch:
+        batch_size, calls = 2, 0
+
+        def predict_batch(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                raise PSPNetError("frame 3: out of memory")
+            return [np.zeros((24, 32), np.uint8) for _ in images]
+
+        def overlay(self, image, labels, alpha, legend):
+            return image
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "clip_overlay.mp4").write_bytes(b"the earlier result")
+    with pytest.raises(PSPNetError, match="out of memory"):
+        segment_video(clip, out / "clip_overlay.mp4", FailsOnSecondBatch(), progress=False)
+    assert snapshot(out) == {"clip_overlay.mp4": b"the earlier result"}
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(PSPNetError, match="nope.jpg: no such file or folder"):
         main(["--debug", "predict", str(tmp_path / "nope.jpg")])
