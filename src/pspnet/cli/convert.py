@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", choices=["auto", "semseg", "mmseg", "pspnet"], default="auto",
                    help="origin of the checkpoint; refused if its keys say otherwise (default: detect)")
     p.add_argument("--dataset", help="voc, cityscapes, ade20k or camvid: class names and palette to store when the "
-                   "checkpoint has none (default: guessed from the class count 21/19/150)")
+                   "checkpoint has none (default: guessed from the class count 21/19/150/11)")
     p.add_argument("--num-classes", type=int, help="replace the classifier with a new one for this many classes, "
                    "to fine-tune on another class set (train with init_weights: OUT)")
     p.add_argument("--overwrite", action="store_true", help="replace the model files in an existing --out folder")

@@ -226,8 +226,9 @@ def _mmseg_classes(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def convert_state_dict(ckpt: Any, source: str | None = None, origin: str = "checkpoint"
-                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Our state dict and the config that shapes and the origin's recipe imply, for a semseg or mmseg checkpoint.
+                       ) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
+    """The origin, our state dict and the config that shapes and the origin's recipe imply, for a semseg or
+    mmseg checkpoint.
 
     The origin is detected from the keys; ``source`` (``semseg``/``mmseg``), when given, must agree.
     """
@@ -261,8 +262,7 @@ def convert_state_dict(ckpt: Any, source: str | None = None, origin: str = "chec
         config.update(_infer_architecture(state))
     except PSPNetError as err:
         raise PSPNetError(f"{origin}: {err}") from None
-    config["_format"] = fmt
-    return state, config
+    return fmt, state, config
 
 
 def _set_dataset(config: dict[str, Any], dataset: str, origin: str) -> None:
@@ -289,10 +289,9 @@ def convert_checkpoint(ckpt: Any, source: str | None = None, dataset: str | None
     """A PSPNet (eval mode) from a loaded semseg/mmseg checkpoint; ``overrides`` set what shapes can't tell.
 
     Without class names in the checkpoint, ``dataset`` (or the standard dataset with that many
-    classes: VOC 21, Cityscapes 19, ADE20K 150) supplies them.
+    classes: VOC 21, Cityscapes 19, ADE20K 150, CamVid 11) supplies them.
     """
-    state, config = convert_state_dict(ckpt, source, origin)
-    fmt = config.pop("_format")
+    fmt, state, config = convert_state_dict(ckpt, source, origin)
     config.update(_model_kwargs(overrides), pretrained_backbone=False)
     levels = len({k.split(".")[2] for k in state if k.startswith("ppm.features.")})
     if len(config.setdefault("bins", DEFAULT_BINS)) != levels:
