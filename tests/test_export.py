@@ -93,6 +93,19 @@ def test_onnx_matches_pytorch_at_two_sizes_other_than_traced(model, exported):
     assert dims[0] and dims[2] and dims[3] and not dims[1]  # N, H, W symbolic; 3 channels fixed
 
 
+def test_every_conv_bias_is_an_initializer(tmp_path):
+    """Untrained BNs fold to equal biases, which the exporter would share through Identity nodes; the int8
+    quantizer needs each bias as an initializer of its own."""
+    torch.manual_seed(0)
+    model = create_model("pspnet_test_efficientnet", num_classes=3, head_channels=16, aux_channels=8).eval()
+    export_onnx(model, tmp_path / "plain.onnx", size=TRACED, check=False)
+    graph = onnx.load(str(tmp_path / "plain.onnx")).graph
+    inits = {i.name for i in graph.initializer}
+    biases = [n.input[2] for n in graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert biases and all(b in inits for b in biases)
+    assert not any(n.op_type == "Identity" for n in graph.node)
+
+
 def test_onnx_metadata_carries_the_config(model, exported):
     path, _ = exported
     config = read_onnx_config(path)

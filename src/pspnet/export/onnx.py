@@ -94,6 +94,7 @@ def export_onnx(model: "str | Path | nn.Module", out: str | Path, *, size: Seque
         else:
             raise PSPNetError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     proto = onnx.load(str(tmp))
+    _inline_shared_initializers(proto)
     meta = {CONFIG_KEY: json.dumps(config), "producer": "pspnet",
             "input": "float32 (N, 3, H, W), RGB scaled to 0..1 then (x - mean) / std; any N, H, W",
             "output": "float32 logits (N, num_classes, H, W)"}
@@ -114,6 +115,29 @@ def export_onnx(model: "str | Path | nn.Module", out: str | Path, *, size: Seque
             raise PSPNetError(f"{out}: ONNX Runtime differs from PyTorch by {bad[0]['max_abs_diff']:.2e} at "
                               f"{bad[0]['size']} (limit {atol})")
     return report
+
+
+def _inline_shared_initializers(proto: Any) -> None:
+    """Point every ``Identity(initializer)`` consumer at its own copy of the initializer.
+
+    The TorchScript exporter stores equal parameters once and feeds the others through Identity
+    nodes (common after BN folding: untrained BNs fold to identical zero biases). Runtimes do not
+    mind, but ONNX Runtime's quantizer needs each Conv bias to be an initializer, or it leaves that
+    bias in float and the conv cannot become one int8 kernel.
+    """
+    inits = {i.name: i for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    keep = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy_ = proto.graph.initializer.add()
+            copy_.CopyFrom(inits[node.input[0]])
+            copy_.name = node.output[0]
+        else:
+            keep.append(node)
+    if len(keep) < len(proto.graph.node):
+        del proto.graph.node[:]
+        proto.graph.node.extend(keep)
 
 
 @torch.no_grad()
