@@ -303,7 +303,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     t_last = time.perf_counter()
     end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
     for it in range(start, end):
-        images, masks = next(batches)
+        try:
+            images, masks = next(batches)
+        except PSPNetError as err:  # raised in a loader worker, its message carries the worker's traceback
+            raise PSPNetError(str(err).strip().splitlines()[-1].removeprefix("pspnet.errors.PSPNetError: ")) from err
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
