@@ -12,10 +12,10 @@ import sys
 from typing import Sequence
 
 from pspnet import __version__
-from pspnet.cli import check_data, convert, predict, serve, train_eval
+from pspnet.cli import benchmark, check_data, convert, export, predict, serve, train_eval
 from pspnet.errors import PSPNetError
 
-COMMANDS = [train_eval, predict, check_data, convert, serve]
+COMMANDS = [train_eval, predict, check_data, convert, export, benchmark, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
