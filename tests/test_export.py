@@ -173,6 +173,23 @@ def test_fast_fp32_path_equals_eager(model):
         torch.testing.assert_close(fast_call(fast_model(model, path), x, path), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_fp32_stem_keeps_the_half_resolution_convs_in_fp32(model):
+    from pspnet.export.fast import Float32, high_resolution_convs
+
+    stem = high_resolution_convs(model)
+    assert stem and all(name.startswith("backbone.") for name in stem)
+    path = FastPath("bf16 fp32-stem", "bf16", fold_bn=True, channels_last=True, fp32_stem=True)
+    net = fast_model(model, path)
+    assert sum(isinstance(m, Float32) for m in net.modules()) == len(stem)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        out = fast_call(net, x, path).float()
+        assert out.shape == (1, 3, 64, 80)
+        assert (out - model(x)).abs().max() < 0.1  # bf16 after the stem: close, not equal
+    with pytest.raises(PSPNetError, match="autocast only"):
+        fast_model(model, FastPath("x", "bf16", cast_weights=True, fp32_stem=True))
+
+
 # ---- the onnxruntime backend ---------------------------------------------------------------------------------------
 
 def test_segmenter_onnxruntime_backend_gives_the_torch_labels(model, exported, tmp_path, monkeypatch):

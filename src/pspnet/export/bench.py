@@ -186,13 +186,15 @@ def torch_paths(device: torch.device, compile: bool = False) -> list[FastPath]:
     paths = [FastPath("fp32 eager"), FastPath("fp32 fold+NHWC", fold_bn=True, channels_last=True)]
     if native_bf16(device):
         paths += [FastPath("bf16 autocast fold+NHWC", "bf16", True, True),
-                  FastPath("bf16 weights fold+NHWC", "bf16", True, True, cast_weights=True)]
+                  FastPath("bf16 weights fold+NHWC", "bf16", True, True, cast_weights=True),
+                  FastPath("bf16 fp32-stem fold+NHWC", "bf16", True, True, fp32_stem=True)]
     if device.type == "cuda":
-        paths += [FastPath("fp16 weights fold+NHWC", "fp16", True, True, cast_weights=True)]
+        paths += [FastPath("fp16 weights fold+NHWC", "fp16", True, True, cast_weights=True),
+                  FastPath("fp16 fp32-stem fold+NHWC", "fp16", True, True, fp32_stem=True)]
     if compile:
         best = paths[-1]
-        paths.append(FastPath(f"compile {best.precision} fold+NHWC", best.precision, True, True,
-                              cast_weights=best.cast_weights, compile=True))
+        paths.append(FastPath(f"compile {best.name}", best.precision, True, True, fp32_stem=best.fp32_stem,
+                              compile=True))
     return paths
 
 
@@ -257,8 +259,9 @@ def peer_cases(num_classes: int, size: Sequence[int], device: torch.device,
 
         for enc in ("resnet50", "resnet18"):
             models.append((f"smp PSPNet-{enc.replace('resnet', 'R')}",
-                           lambda enc=enc: smp.PSPNet(enc, encoder_weights=None, classes=num_classes),
-                           "encoder depth 3, no dilation: 1/8 features from 3 stages"))
+                           lambda enc=enc: _PadTo(smp.PSPNet(enc, encoder_weights=None, classes=num_classes), 8),
+                           "encoder depth 3, no dilation (1/8 features from 3 stages); input zero-padded to a "
+                           "multiple of 8, which smp requires"))
     except ImportError:
         log("segmentation_models_pytorch not installed (pip install segmentation-models-pytorch): no smp peers")
     from torchvision.models import segmentation as tvseg
@@ -278,6 +281,19 @@ def peer_cases(num_classes: int, size: Sequence[int], device: torch.device,
 
         cases.append(Case(name, "peer", forward, x, "fp32", gflop(net, x.shape), note=note))
     return cases
+
+
+class _PadTo(nn.Module):
+    """Pad the input bottom/right to a multiple of ``multiple`` and crop the logits back (smp refuses other sizes)."""
+
+    def __init__(self, net: nn.Module, multiple: int):
+        super().__init__()
+        self.net, self.multiple = net, multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        return self.net(torch.nn.functional.pad(x, (0, pw, 0, ph)))[..., :h, :w]
 
 
 class _OutOnly(nn.Module):
@@ -595,14 +611,19 @@ def _run(cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
     threads = cfg.threads or torch.get_num_threads()
     started = time.time()
     result: dict[str, Any] = {"config": asdict(cfg), "machine": machine_info(device)}
-    log("measuring matmul peaks ...")
-    peaks = {"fp32": matmul_peak(device, torch.float32, seconds=cfg.peak_seconds)}
+    formats = {"fp32": torch.float32}
     if native_bf16(device):
-        peaks["bf16"] = matmul_peak(device, torch.bfloat16, seconds=cfg.peak_seconds)
+        formats["bf16"] = torch.bfloat16
     if device.type == "cuda":
-        peaks["fp16"] = matmul_peak(device, torch.float16, seconds=cfg.peak_seconds)
+        formats["fp16"] = torch.float16
     if device.type == "cpu" and cfg.int8:
-        peaks["int8"] = matmul_peak(device, torch.int8, seconds=cfg.peak_seconds)
+        formats["int8"] = torch.int8
+
+    def measure_peaks() -> dict[str, float | None]:
+        return {k: matmul_peak(device, dtype, seconds=cfg.peak_seconds) for k, dtype in formats.items()}
+
+    log("measuring matmul peaks ...")
+    peaks = measure_peaks()
     result["matmul_peak_gflops"] = peaks
 
     spec = {"name": cfg.model, "num_classes": cfg.num_classes, "seed": 0}
@@ -634,6 +655,8 @@ def _run(cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
         cases += peer_cases(cfg.num_classes, cfg.size, device, log)
     log(f"timing {len(cases)} cases x {cfg.repeats} rounds, interleaved ...")
     time_interleaved(cases, cfg.repeats, cfg.warmup, device, log)
+    log("measuring matmul peaks again (the best of both counts: background load only lowers them) ...")
+    peaks.update({k: max(filter(None, (v, peaks[k])), default=None) for k, v in measure_peaks().items()})
     rows = summarize(cases, peaks)
     result["rows"] = rows
 
