@@ -5,6 +5,7 @@ not depend on the model's size, and the whole file runs in well under a minute o
 """
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -188,6 +189,18 @@ def test_fp32_stem_keeps_the_half_resolution_convs_in_fp32(model):
         assert (out - model(x)).abs().max() < 0.1  # bf16 after the stem: close, not equal
     with pytest.raises(PSPNetError, match="autocast only"):
         fast_model(model, FastPath("x", "bf16", cast_weights=True, fp32_stem=True))
+
+
+def test_segmenter_in_bf16_uses_the_fp32_stem_and_leaves_the_model_alone(model):
+    from pspnet.export.fast import Float32
+    from pspnet.inference.segmenter import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # emulated bf16 on CPUs without it: slow, still correct
+        seg = Segmenter(model, device="cpu", precision="bf16")
+    assert any(isinstance(m, Float32) for m in seg.model.modules())
+    assert not any(isinstance(m, Float32) for m in model.modules())
+    assert seg(np.zeros((40, 50, 3), np.uint8)).shape == (40, 50)
 
 
 # ---- the onnxruntime backend ---------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-peers", action="store_true", help="skip segmentation_models_pytorch and torchvision models")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (and int8)")
     p.add_argument("--no-int8", action="store_true")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compiling)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile of the last PyTorch path (about 25 s of compiling per model)")
     p.add_argument("--camvid", default=None, help="CamVid root: train/ calibrates int8, val/ checks every path of the "
                    "bundled model (default: ../shared/datasets/camvid beside a source checkout)")
     p.add_argument("--calib-count", type=int, default=16, help="calibration frames for int8")

@@ -647,9 +647,8 @@ def _run(cfg: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
         result["bundled_weights_sha256"] = _sha256(WEIGHTS_DIR / BUNDLED[cfg.bundled])
         bx = frame(cfg.bundled_size, bundled_model.config["mean"], bundled_model.config["std"], device=device)
         prefixes["bundled"] = f"bundled {cfg.bundled}"
-        bundled_cases = model_cases(prefixes["bundled"], "bundled", bundled_model, bx, device,
-                                    [p for p in paths if not p.compile], cfg.onnx, cfg.int8, calib, cfg.calib_count,
-                                    workdir, threads, cfg.int8_float, log)
+        bundled_cases = model_cases(prefixes["bundled"], "bundled", bundled_model, bx, device, paths, cfg.onnx,
+                                    cfg.int8, calib, cfg.calib_count, workdir, threads, cfg.int8_float, log)
         cases += bundled_cases
     if cfg.peers:
         cases += peer_cases(cfg.num_classes, cfg.size, device, log)
@@ -725,15 +724,16 @@ def format_table(result: dict[str, Any]) -> str:
              + (f" | GPU {m['gpu']}" if m.get("gpu") else " | no GPU"),
              "matmul peak (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v),
              ""]
-    head = (f"{'case':<42} {'size':>9} {'median ms':>10} {'spread':>7} {'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} "
+    w = max([42] + [len(r["name"]) for r in result["rows"]])
+    head = (f"{'case':<{w}} {'size':>9} {'median ms':>10} {'spread':>7} {'img/s':>7} {'GFLOP':>7} {'GFLOP/s':>8} "
             f"{'%peak':>6} {'mem MB':>7} {'agree':>7} {'speedup':>7}")
     lines += [head, "-" * len(head)]
     for r in result["rows"]:
         if r.get("error"):
-            lines.append(f"{r['name']:<42} failed: {r['error']}")
+            lines.append(f"{r['name']:<{w}} failed: {r['error']}")
             continue
         f = lambda v, fmt: (format(v, fmt) if isinstance(v, (int, float)) else "-")  # noqa: E731
-        lines.append(f"{r['name']:<42} {r['size'][0]:>4}x{r['size'][1]:<4} {f(r.get('median_ms'), '10.1f')} "
+        lines.append(f"{r['name']:<{w}} {r['size'][0]:>4}x{r['size'][1]:<4} {f(r.get('median_ms'), '10.1f')} "
                      f"{f(r.get('spread_pct'), '6.0f')}% {f(r.get('images_per_s'), '7.2f')} {f(r.get('gflop'), '7.1f')} "
                      f"{f(r.get('gflops'), '8.1f')} {f(r.get('pct_of_peak'), '6.0f')} {f(r.get('peak_mb'), '7.0f')} "
                      f"{f(100 * r['agreement'] if 'agreement' in r else None, '6.2f')}"
@@ -744,7 +744,7 @@ def format_table(result: dict[str, Any]) -> str:
     if "val" in result:
         v = result["val"]
         lines += ["", f"CamVid val, {v['frames']} frames at {v['size'][0]}x{v['size'][1]}, vs fp32 eager:"]
-        lines += [f"  {r['name']:<40} agreement {100 * r['agreement']:6.2f}%  mIoU {100 * r['miou']:5.2f}% "
+        lines += [f"  {r['name']:<{w}} agreement {100 * r['agreement']:6.2f}%  mIoU {100 * r['miou']:5.2f}% "
                   f"({100 * r['miou_change']:+.2f})" for r in v["rows"]]
     lines.append(f"correct = >= {100 * MIN_AGREEMENT:.1f}% agreement, judged by {result['summary']['correct_by']}")
     for key, s in result["summary"].items():
