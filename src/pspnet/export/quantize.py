@@ -14,8 +14,11 @@ ranges were no better):
 - ``classifier``: every conv but the final 1x1 classifier is int8: 90% agreement.
 - ``sensitive``: also the stem (it sees raw pixels) and depthwise convs (nine taps per channel, so
   per-channel int8 weights are coarse; they are a few percent of the FLOPs): 98.9%.
-- ``backbone``: only the pyramid pooling and head convs are int8 (half the FLOPs at output
-  stride 16): 99.9%.
+- ``backbone`` (the default, the only one within the 99.5% rule): only the pyramid pooling and
+  head convs are int8 (half the FLOPs at output stride 16): 99.9%.
+
+On CPUs with AMX/AVX512-BF16, bf16 in PyTorch is faster than any of these (see docs/deploy.md);
+int8 is for CPUs without native bf16.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def float_convs(nodes: Sequence[Any], keep_float: str) -> list[str]:
 
 def quantize_onnx(fp32_path: str | Path, out: str | Path, calib_dir: str | Path, count: int = 32,
                   size: Sequence[int] | None = None, method: str = "minmax",
-                  keep_float: str = "sensitive") -> dict[str, Any]:
+                  keep_float: str = "backbone") -> dict[str, Any]:
     """Write an int8 copy of an exported fp32 model, calibrated on ``count`` frames of ``calib_dir``.
 
     ``size`` resizes the calibration frames (default: their own size); ``keep_float`` says which
