@@ -60,11 +60,13 @@ def main() -> None:
     model = load_safetensors(run_dir / "best.safetensors", aux=False).eval()
     best = json.loads((run_dir / "best_metrics.json").read_text())
     # One history across the stages, each stage's iterations continuing where the previous one's best ended.
-    stages, history, offset = [], [], 0
+    stages, history, offset, train_seconds = [], [], 0, 0.0
     for d in args.run_dirs:
         ckpt = load_checkpoint(d / "last.pt")
         stage_best = json.loads((d / "best_metrics.json").read_text())["iteration"]
         stages.append((d, ckpt["train_config"], offset, stage_best))
+        train_seconds += sum(h["sec_per_iter"] * ckpt["train_config"]["log_every"]
+                             for h in ckpt["history"] if "sec_per_iter" in h)
         last_stage = d == args.run_dirs[-1]  # earlier stages count only up to the weights the next one took
         history += [{**h, "iteration": h["iteration"] + offset} for h in ckpt["history"]
                     if last_stage or h["iteration"] <= stage_best]
@@ -87,7 +89,6 @@ def main() -> None:
     bf16 = latency_ms(model, "bf16") if cpu_has_native_bf16() else None
     save_safetensors(model, WEIGHTS / "camvid.safetensors")
     size_mb = (WEIGHTS / "camvid.safetensors").stat().st_size / 1e6
-    train_seconds = sum(h["sec_per_iter"] * cfg["log_every"] for h in history if "sec_per_iter" in h)
     params = sum(p.numel() for p in model.parameters())
 
     recipe = "\n".join(
@@ -130,7 +131,9 @@ mIoU **{100 * metrics.miou:.2f}%**, mAcc {100 * metrics.macc:.2f}%, aAcc {100 * 
 - Parameters: {params:,}; file size {size_mb:.1f} MB (safetensors, fp32, config in the metadata).
 - Input: RGB scaled to 0..1, normalised with mean = std = 0.5 (the backbone's ImageNet statistics).
 - Latency at 360x480, batch 1, 2 threads on {platform.processor() or platform.machine()}: fp32 {fp32[0]:.0f} ms
-  median (p90 {fp32[1]:.0f} ms, {1000 / fp32[0]:.1f} frames/s){bf16_line}.
+  median (p90 {fp32[1]:.0f} ms, {1000 / fp32[0]:.1f} frames/s){bf16_line} for the plain model.
+  `pspnet.Segmenter` and `pspnet predict` run a BN-folded, channels_last copy (bf16 with an fp32 stem
+  where bf16 is native): 34 ms, 29 frames/s on this machine; see [docs/deploy.md](../../../docs/deploy.md).
 
 ## Training recipe
 
