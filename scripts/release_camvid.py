@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from PIL import Image
 
 from pspnet.data import build_dataset
@@ -98,6 +99,9 @@ def main() -> None:
     fast = Segmenter(model, precision="auto")  # what predict/serve run: BN folded, channels_last, native bf16
     frame = np.asarray(Image.open(SAMPLE).convert("RGB"))
     fast_ms = latency_ms(lambda: fast(frame))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 360, 480))
+    gflop = counter.get_total_flops() / 1e9
     save_safetensors(model, WEIGHTS / "camvid.safetensors")
     size_mb = (WEIGHTS / "camvid.safetensors").stat().st_size / 1e6
     params = sum(p.numel() for p in model.parameters())
@@ -114,9 +118,15 @@ def main() -> None:
     rows = "\n".join(f"| {n} | {'absent' if i is None else f'{100 * i:.1f}'} | {'absent' if a is None else f'{100 * a:.1f}'} |"
                      for n, i, a in zip(metrics.class_names, metrics.iou, metrics.acc))
     bf16_line = f"; bf16 (native AMX/AVX512-BF16) {bf16[0]:.0f} ms" if bf16 else ""
+    dec = model.config["decoder_channels"]
+    grid = 4 if dec else os_
+    decoder_line = (f"\n- Skip decoder (`decoder_channels={dec}`, not in the paper; DeepLabV3+'s decoder, slimmed): the "
+                    f"classifier's 512 channels reduced to {dec} at 1/{os_}, upsampled to 1/4, concatenated with the "
+                    f"backbone's stride-4 features projected to 48 channels, one 3x3 conv and the 1x1 classifier."
+                    if dec else "")
     card = f"""# Model card: `camvid` (bundled)
 
-PSPNet with an ImageNet-pretrained EfficientNet-Lite0 backbone, output stride {os_}, trained on CamVid
+PSPNet with an ImageNet-pretrained EfficientNet-Lite0 backbone, output stride {os_}{", and a skip decoder at 1/4" if dec else ""}, trained on CamVid
 (11 classes, 360x480) on a 2-core CPU. Load it with `pspnet.load("camvid")`, `pspnet.Segmenter("camvid")`
 or `pspnet predict --model camvid`.
 
@@ -138,8 +148,8 @@ mIoU **{100 * metrics.miou:.2f}%**, mAcc {100 * metrics.macc:.2f}%, aAcc {100 * 
 
 - Architecture: PSPNet, backbone timm `tf_efficientnet_lite0` (features_only, output stride {os_}), pyramid
   pooling bins (1, 2, 3, 6) over 320 channels, 512-channel classifier, Dropout2d 0.1. Auxiliary head
-  used in training (weight 0.4) and removed from the published file.
-- Parameters: {params:,}; file size {size_mb:.1f} MB (safetensors, fp32, config in the metadata).
+  used in training (weight 0.4) and removed from the published file.{decoder_line}
+- Parameters: {params:,}; {gflop:.1f} GFLOP at 360x480 (torch.utils.flop_counter); file size {size_mb:.1f} MB (safetensors, fp32, config in the metadata).
 - Input: RGB scaled to 0..1, normalised with mean = std = 0.5 (the backbone's ImageNet statistics).
 - Latency at 360x480, batch 1, 2 threads on {platform.processor() or platform.machine()}: fp32 {fp32[0]:.0f} ms
   median (p90 {fp32[1]:.0f} ms, {1000 / fp32[0]:.1f} frames/s){bf16_line} for the plain model.
@@ -161,11 +171,11 @@ mIoU **{100 * metrics.miou:.2f}%**, mAcc {100 * metrics.macc:.2f}%, aAcc {100 * 
 
 ## Limitations
 
-Thin and small classes are where the mIoU is lost: {weak}. At output stride {os_} the classifier
-sees a {-(-360 // os_)}x{-(-480 // os_)} grid for a 360x480 frame, so a pole 2-5 pixels wide covers a fraction of one
-cell and is absorbed by its surroundings (see the confusion matrix). A decoder with low-level
-features, longer training at output stride 8 and larger crops are what would lift them; multi-scale
-and flip testing (`pspnet eval --scales ... --flip`) help a little at several times the cost.
+Thin and small classes are where the mIoU is lost: {weak}. The classifier sees a
+{-(-360 // grid)}x{-(-480 // grid)} grid for a 360x480 frame (stride {grid}), so a pole 2-5 pixels wide is at most one
+or two cells and is often absorbed by its surroundings (see the confusion matrix). Longer training, larger
+crops and more data are what would lift them; multi-scale and flip testing (`pspnet eval --scales ... --flip`)
+help a little at several times the cost.
 
 ## License
 
@@ -178,7 +188,7 @@ weights: EfficientNet-Lite (Apache-2.0).
     summary = {"miou": metrics.miou, "per_class_iou": dict(zip(metrics.class_names, metrics.iou)),
                "latency_ms_fp32": fp32[0], "latency_ms_bf16": bf16[0] if bf16 else None,
                "segmenter_ms": fast_ms[0], "segmenter_precision": fast.precision, "size_mb": size_mb,
-               "params": params, "train_hours": train_seconds / 3600, "threads": torch.get_num_threads(),
+               "params": params, "gflop": gflop, "train_hours": train_seconds / 3600, "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count()}
     (DOCS / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

@@ -211,6 +211,24 @@ def test_adamw_and_warmup_run(data, tmp_path):
     assert [r["lr"] for r in result["history"]] == pytest.approx([1e-3 * poly_lr(i, 3, 0.9, 2) for i in (1, 2, 3)])
 
 
+def test_init_weights_start_a_decoder_model_from_plain_weights(data, straight, tmp_path, capsys):
+    """The bundled recipe's last stage: earlier weights, plus a freshly initialised skip decoder."""
+    from safetensors.torch import load_file
+
+    init = straight[0] / "last.safetensors"
+    result = train(tiny_config(data, tmp_path / "dec", init_weights=str(init), iterations=2,
+                               model_kwargs={**TINY, "decoder_channels": 8}), progress=False)
+    assert "newly initialised: decoder" in capsys.readouterr().err
+    assert result["history"][-1]["iteration"] == 2
+    for model, kwargs in (("pspnet_resnet18", TINY), ("pspnet_test_efficientnet", {**TINY, "head_channels": 32})):
+        with pytest.raises(PSPNetError, match="init weights (lack|do not fit)"):  # refused, not half-loaded
+            train(tiny_config(data, tmp_path / "other", init_weights=str(init), model=model, model_kwargs=kwargs),
+                  progress=False)
+    # iteration 0 would equal the init; after 2 steps the trunk moved but kept every tensor of the init
+    trained = load_file(str(tmp_path / "dec" / "last.safetensors"))
+    assert set(load_file(str(init))) - {"cls.4.weight", "cls.4.bias"} <= set(trained)
+
+
 # ---- evaluation ---------------------------------------------------------------------------------------------------
 
 def test_eval_cli_writes_the_report(data, straight, tmp_path, capsys, monkeypatch):

@@ -29,10 +29,10 @@ TRACED = (64, 96)
 SIZES = ((97, 131), (160, 120))  # odd and even, neither the traced size; bins 2, 3, 6 do not divide them
 
 
-def tiny_model(seed: int = 0) -> nn.Module:
+def tiny_model(seed: int = 0, **kwargs) -> nn.Module:
     """A small PSPNet whose BN statistics are far from the identity, so folding them is a real test."""
     torch.manual_seed(seed)
-    model = create_model("pspnet_test_efficientnet", num_classes=3, head_channels=16, aux_channels=8)
+    model = create_model("pspnet_test_efficientnet", num_classes=3, head_channels=16, aux_channels=8, **kwargs)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -94,6 +94,13 @@ def test_onnx_matches_pytorch_at_two_sizes_other_than_traced(model, exported):
     assert dims[0] and dims[2] and dims[3] and not dims[1]  # N, H, W symbolic; 3 channels fixed
 
 
+def test_skip_decoder_exports_with_dynamic_sizes(tmp_path):
+    model = tiny_model(decoder_channels=8)
+    report = export_onnx(model, tmp_path / "decoder.onnx", size=TRACED, check_sizes=SIZES)
+    assert all(p["max_abs_diff"] <= 1e-3 and p["argmax_agreement"] >= 0.999 for p in report["parity"]), report
+    assert read_onnx_config(tmp_path / "decoder.onnx")["decoder_channels"] == 8
+
+
 def test_every_conv_bias_is_an_initializer(tmp_path):
     """Untrained BNs fold to equal biases, which the exporter would share through Identity nodes; the int8
     quantizer needs each bias as an initializer of its own."""
@@ -149,6 +156,7 @@ def test_export_cli_writes_a_checked_file_with_metadata(model, tmp_path, capsys)
 @pytest.mark.parametrize("name, kwargs", [
     ("pspnet_test_efficientnet", {}),  # timm BatchNormAct2d (BN + activation in one module)
     ("pspnet_resnet18", {}),  # our dilated ResNet: BasicBlock, deep stem, pyramid branches, head
+    ("pspnet_resnet18", {"decoder_channels": 8}),  # and the skip decoder's convs
 ])
 def test_folded_model_equals_unfolded(name, kwargs):
     torch.manual_seed(0)

@@ -135,3 +135,44 @@ def test_efficientnet_lite_imagenet_predictions_on_the_sample_frame():
     cycles = {444, 671, 665, 870, 880}  # tandem, mountain bike, moped, tricycle, unicycle
     assert top5(frame) & street
     assert top5(frame.crop((180, 150, 300, 270))) & cycles
+
+
+# ---- the optional skip decoder (not in the paper; off by default) ------------------------------------------------
+
+@pytest.mark.parametrize("name, low_channels", [("pspnet_resnet18", 64), ("pspnet_test_efficientnet", 24)])
+def test_skip_decoder_fuses_stride4_features_at_any_size(name, low_channels):
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=3, output_stride=16, head_channels=16, aux_channels=8, decoder_channels=8).eval()
+    x = torch.randn(1, 3, 97, 131)
+    low, aux, last = m.backbone(x)
+    assert low.shape[1] == low_channels and low.shape[-2:] == (25, 33)  # stride 4 (ceil)
+    assert last.shape[-2:] == (7, 9)  # the backbone stays at output stride 16
+    assert len(m.cls) == 3 and m.classifier is m.decoder.fuse[4]
+    with torch.no_grad():
+        assert m(x).shape == (1, 3, 97, 131)
+    m.train()
+    logits, aux_logits = m(torch.randn(2, 3, 64, 80))
+    (logits.mean() + aux_logits.mean()).backward()
+    assert m.decoder.skip[0].weight.grad.abs().sum() > 0  # the stride-4 branch learns
+
+
+def test_skip_decoder_round_trip_and_new_head(tmp_path):
+    from pspnet.model.pspnet import replace_head
+
+    torch.manual_seed(0)
+    m = create_model("pspnet_resnet18", num_classes=4, decoder_channels=16).eval()
+    m.save_pretrained(tmp_path / "m")
+    m2 = PSPNet.from_pretrained(tmp_path / "m")
+    x = torch.randn(1, 3, 65, 81)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    replace_head(m2, 2)
+    assert m2.classifier.out_channels == 2 and m2.aux[4].out_channels == 2
+    with torch.no_grad():
+        assert m2(x).shape == (1, 2, 65, 81)
+
+
+def test_default_model_has_no_decoder_and_keeps_semseg_keys():
+    m = create_model("pspnet_resnet18", num_classes=3)
+    assert m.decoder is None and m.config["decoder_channels"] == 0
+    assert not any(k.startswith("decoder.") for k in m.state_dict()) and "cls.4.weight" in m.state_dict()

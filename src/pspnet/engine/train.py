@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,25 @@ def param_groups(model: PSPNet, head_lr_mult: float, lr: float) -> list[dict[str
     return [{"params": backbone, "lr": lr, "base_lr": lr}, {"params": head, "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult}]
 
 
+def load_init_weights(model: PSPNet, init: PSPNet, source: str) -> None:
+    """Start ``model`` from ``init``: the trunk (backbone, ppm, cls) must fit; heads it lacks start fresh.
+
+    So a model without an aux head, or one with the skip decoder, can start from earlier weights.
+    """
+    own, state = model.state_dict(), init.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise PSPNetError(f"{source}: init weights do not fit this model: {len(wrong)} tensors have other shapes, "
+                          f"e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}")
+    result = model.load_state_dict(state, strict=False)
+    trunk = [k for k in result.missing_keys if not k.startswith(("aux.", "decoder."))]
+    if trunk:
+        raise PSPNetError(f"{source}: init weights lack {len(trunk)} tensors of this model, e.g. {trunk[:3]}")
+    fresh = sorted({k.split(".")[0] for k in result.missing_keys})
+    if fresh:
+        print(f"init weights from {source}; newly initialised: {', '.join(fresh)}", file=sys.stderr)
+
+
 def _distributed() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
@@ -234,7 +254,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     if cfg.init_weights and ckpt is None:
         # weights for another class count are refused with a message on giving them a new head
         init = PSPNet.from_pretrained(cfg.init_weights, num_classes=model.num_classes)
-        model.load_state_dict(init.state_dict(), strict=model.aux is not None and init.aux is not None)
+        load_init_weights(model, init, cfg.init_weights)
     weight = loss_weights(cfg.class_weights, train_set)
     weight = weight.to(device) if weight is not None else None
     if model.aux is None and cfg.aux_weight:

@@ -77,6 +77,30 @@ def segmentation_head(in_channels: int, mid_channels: int, num_classes: int, dro
     )
 
 
+class SkipDecoder(nn.Module):
+    """Optional, not in the paper: fuse the pyramid head with stride-4 backbone features.
+
+    At output stride 16 a 2-5 px pole or sign post covers a fraction of one cell, and dilating the
+    backbone to stride 8 costs 3.6x the FLOPs. DeepLabV3+'s decoder instead upsamples the head's
+    features to 1/4 and refines them with low-level ones: the 1x1 reduce runs at 1/16, one 3x3 conv
+    at 1/4. ``fuse`` is a ``segmentation_head``, so its index 4 is the classifier as in ``cls``.
+    """
+
+    def __init__(self, head_channels: int, low_channels: int, channels: int, num_classes: int, dropout: float,
+                 align_corners: bool = True, skip_channels: int = 48):
+        super().__init__()
+        self.align_corners = align_corners
+        self.reduce = nn.Sequential(nn.Conv2d(head_channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
+                                    nn.ReLU(inplace=True))
+        self.skip = nn.Sequential(nn.Conv2d(low_channels, skip_channels, 1, bias=False),
+                                  nn.BatchNorm2d(skip_channels), nn.ReLU(inplace=True))
+        self.fuse = segmentation_head(channels + skip_channels, channels, num_classes, dropout)
+
+    def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.reduce(x), low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        return self.fuse(torch.cat([x, self.skip(low)], 1))
+
+
 class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["semantic-segmentation", "pspnet"]):
     """Pyramid Scene Parsing Network.
 
@@ -98,6 +122,7 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
         align_corners: bool = True,
         head_channels: int = 512,
         aux_channels: int = 256,
+        decoder_channels: int = 0,
         stem_widths: Sequence[int] = (64, 64, 128),
         contract_dilation: bool = False,
         pretrained_backbone: bool | str = False,
@@ -115,7 +140,8 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
         self.config: dict[str, Any] = {
             "num_classes": num_classes, "backbone": backbone, "output_stride": output_stride,
             "bins": list(bins), "dropout": dropout, "aux": aux, "align_corners": align_corners,
-            "head_channels": head_channels, "aux_channels": aux_channels, "stem_widths": list(stem_widths),
+            "head_channels": head_channels, "aux_channels": aux_channels, "decoder_channels": decoder_channels,
+            "stem_widths": list(stem_widths),
             "contract_dilation": contract_dilation,
             "class_names": list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)],
             "palette": [list(c) for c in palette] if palette else default_palette(num_classes),
@@ -128,13 +154,19 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
                     "ImageNet weights for the deep-stem ResNet come from semseg/mmseg checkpoints: "
                     "use PSPNet.from_pretrained(path) or `pspnet convert`"
                 )
-            self.backbone = DilatedResNet(resnet_depth, output_stride, tuple(stem_widths), contract_dilation)
+            self.backbone = DilatedResNet(resnet_depth, output_stride, tuple(stem_widths), contract_dilation,
+                                          low_level=decoder_channels > 0)
         else:
-            self.backbone = TimmBackbone(backbone, output_stride, pretrained_backbone)
+            self.backbone = TimmBackbone(backbone, output_stride, pretrained_backbone, low_level=decoder_channels > 0)
         aux_in, feat_in = self.backbone.channels[-2:]
         self.align_corners = align_corners
         self.ppm = PPM(feat_in, bins, align_corners)
         self.cls = segmentation_head(self.ppm.out_channels, head_channels, num_classes, dropout)
+        self.decoder = None
+        if decoder_channels:  # cls keeps its 3x3 conv (same keys), the decoder classifies
+            self.cls = self.cls[:3]
+            self.decoder = SkipDecoder(head_channels, self.backbone.channels[0], decoder_channels, num_classes,
+                                       dropout, align_corners)
         self.aux = segmentation_head(aux_in, aux_channels, num_classes, dropout) if aux else None
 
     @property
@@ -145,10 +177,18 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
     def class_names(self) -> list[str]:
         return self.config["class_names"]
 
+    @property
+    def classifier(self) -> nn.Conv2d:
+        """The final 1x1 conv (replaced to fine-tune on other classes)."""
+        return (self.decoder.fuse if self.decoder is not None else self.cls)[4]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
-        c_aux, c_last = self.backbone(x)
+        features = self.backbone(x)
+        c_aux, c_last = features[-2:]
         logits = self.cls(self.ppm(c_last))
+        if self.decoder is not None:
+            logits = self.decoder(logits, features[0])
         # For 8n+1 inputs this is exactly semseg's zoom to (H-1)/8*8+1; any other size works too.
         logits = F.interpolate(logits, size, mode="bilinear", align_corners=self.align_corners)
         if self.training and self.aux is not None:
@@ -187,6 +227,8 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
             "| setting | value |", "| --- | --- |",
             f"| backbone | {backbone}, output stride {c['output_stride']} |",
             f"| pyramid bins | {c['bins']} |", f"| align_corners | {c['align_corners']} |",
+            *([f"| decoder | skip decoder at stride 4, {c['decoder_channels']} channels (not in the paper) |"]
+              if c["decoder_channels"] else []),
             f"| input | RGB scaled to 0..1, then normalised with mean {c['mean']} and std {c['std']} |", "",
             "## Classes", "", ", ".join(f"`{n}`" for n in c["class_names"]), "",
             "## Use", "", "```python", "import pspnet", "",
@@ -296,9 +338,13 @@ def load_safetensors(path: str | Path, map_location: str = "cpu", **overrides: A
     return build_with_state(config, state, str(path))
 
 
+def classifier_key(config: dict[str, Any]) -> str:
+    return "decoder.fuse.4.weight" if config.get("decoder_channels") else "cls.4.weight"
+
+
 def build_with_state(config: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> PSPNet:
     """Build the model from ``config`` and load ``state`` strictly, explaining any mismatch."""
-    classifier = state.get("cls.4.weight")
+    classifier = state.get(classifier_key(config))
     if classifier is not None and classifier.shape[0] != config.get("num_classes"):
         found, asked = classifier.shape[0], config.get("num_classes")
         raise PSPNetError(f"{source}: the weights have {found} classes, not {asked}. To fine-tune them on {asked} "
@@ -326,7 +372,7 @@ def build_with_state(config: dict[str, Any], state: dict[str, torch.Tensor], sou
 def replace_head(model: PSPNet, num_classes: int, class_names: Sequence[str] | None = None,
                  palette: Sequence[Sequence[int]] | None = None) -> PSPNet:
     """Swap the final 1x1 convs for ``num_classes`` outputs, keeping every other weight (fine-tuning)."""
-    for head in (model.cls, model.aux):
+    for head in (model.decoder.fuse if model.decoder is not None else model.cls, model.aux):
         if head is not None:
             old = head[4]
             head[4] = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)

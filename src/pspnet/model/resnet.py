@@ -71,7 +71,8 @@ def _stride_dilation(output_stride: int) -> tuple[list[int], list[int]]:
 
 
 class DilatedResNet(nn.Module):
-    """ResNet feature extractor returning (layer3, layer4) features for the aux and main heads."""
+    """ResNet feature extractor returning (layer3, layer4) features for the aux and main heads,
+    preceded by layer1 (stride 4) with ``low_level`` for the skip decoder."""
 
     def __init__(
         self,
@@ -79,8 +80,10 @@ class DilatedResNet(nn.Module):
         output_stride: int = 8,
         stem_widths: tuple[int, int, int] = (64, 64, 128),
         contract_dilation: bool = False,
+        low_level: bool = False,
     ):
         super().__init__()
+        self.low_level = low_level
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
         block = Bottleneck if depth >= 50 else BasicBlock
@@ -109,11 +112,13 @@ class DilatedResNet(nn.Module):
             stages.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.channels = (256 * block.expansion, 512 * block.expansion)
+        if low_level:
+            self.channels = (64 * block.expansion, *self.channels)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.layer2(self.layer1(self.layer0(x)))
-        c3 = self.layer3(x)
-        return c3, self.layer4(c3)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        c1 = self.layer1(self.layer0(x))
+        c3 = self.layer3(self.layer2(c1))
+        return (c1, c3, self.layer4(c3)) if self.low_level else (c3, self.layer4(c3))

@@ -68,15 +68,18 @@ def load_efficientnet_lite_classifier(name: str, weights_file: str | Path | None
 
 
 class TimmBackbone(nn.Module):
-    """Wraps ``timm.create_model(features_only=True)`` and returns the last two feature maps."""
+    """Wraps ``timm.create_model(features_only=True)`` and returns the last two feature maps,
+    preceded by the stride-4 one with ``low_level`` (for the skip decoder)."""
 
-    def __init__(self, name: str, output_stride: int = 8, pretrained: bool | str = False):
+    def __init__(self, name: str, output_stride: int = 8, pretrained: bool | str = False, low_level: bool = False):
         super().__init__()
         import timm
 
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        kwargs = {"features_only": True, "out_indices": (-2, -1)}
+        kwargs: dict = {"features_only": True}
+        if not low_level:  # with it, every stage comes out and forward picks three
+            kwargs["out_indices"] = (-2, -1)
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         offline = efficientnet_lite_weights_file(name) if pretrained is True else None
@@ -96,7 +99,13 @@ class TimmBackbone(nn.Module):
             self.load_timm_weights(offline, by_order=True)
         elif isinstance(pretrained, (str, Path)) and pretrained:
             self.load_timm_weights(Path(pretrained), by_order=name in EFFICIENTNET_LITE_PACKAGES)
-        self.channels = tuple(self.body.feature_info.channels())
+        channels, reductions = self.body.feature_info.channels(), self.body.feature_info.reduction()
+        self.picks: tuple[int, ...] = (len(channels) - 2, len(channels) - 1)
+        if low_level:
+            if 4 not in reductions:
+                raise PSPNetError(f"backbone {name!r} has no stride-4 features for the decoder (strides {reductions})")
+            self.picks = (reductions.index(4), *self.picks)
+        self.channels = tuple(channels[i] for i in self.picks)
 
     def load_timm_weights(self, path: Path, by_order: bool = False) -> None:
         """Load classifier weights (timm key names, or EfficientNet-Lite package order) into the trunk."""
@@ -117,6 +126,6 @@ class TimmBackbone(nn.Module):
             raise PSPNetError(f"{path}: backbone weights lack {len(missing)} tensors, e.g. {missing[:3]}")
         self.body.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        aux, last = self.body(x)
-        return aux, last
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.body(x)
+        return tuple(features[i] for i in self.picks)
