@@ -87,7 +87,8 @@ def main() -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     write_report(metrics, DOCS)
     os_ = model.config["output_stride"]
-    plot_history(history, DOCS / "training_curve.png", f"PSPNet-EfficientNet-Lite0 (OS{os_}) on CamVid train",
+    decoder = ", skip decoder" if model.config["decoder_channels"] else ""
+    plot_history(history, DOCS / "training_curve.png", f"PSPNet-EfficientNet-Lite0 (OS{os_}{decoder}) on CamVid train",
                  stage_starts=[start for _, _, start, _ in stages[1:]])
 
     seg = Segmenter(model, precision="fp32")

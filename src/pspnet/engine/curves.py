@@ -40,9 +40,9 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         ax2 = ax.twinx()
         ax2.plot([h["iteration"] for h in val], [100 * h["val_miou"] for h in val], "o-", color="#d8553b",
                  label="val mIoU")
-        for h in val:
+        for i, h in enumerate(val):  # alternate above/below so dense evaluations stay readable
             ax2.annotate(f"{100 * h['val_miou']:.1f}", (h["iteration"], 100 * h["val_miou"]), fontsize=7,
-                         textcoords="offset points", xytext=(0, 6), ha="center")
+                         textcoords="offset points", xytext=(0, 6 if i % 2 == 0 else -12), ha="center")
         ax2.set_ylabel("val mIoU (%)")
         ax2.set_ylim(0, 100)
         l2, lb2 = ax2.get_legend_handles_labels()
