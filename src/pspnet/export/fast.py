@@ -10,9 +10,9 @@ What each step buys on a CPU:
   the weights once (``bf16_weights``) avoids autocast re-casting them on every call. Never used
   where bf16 is emulated (see ``pspnet.runtime.native_bf16``).
 - ``fp32_stem`` keeps the convs at half resolution or more (the stem, and in EfficientNets the first
-  block) in fp32 under bf16 autocast: rounding them to bf16 moved 0.62% of the bundled CamVid
-  model's labels on CamVid val (0.25% with this), for about 5% more time; they are about 1% of
-  PSPNet-R50's FLOPs. (With bf16 weights the rest of the model still moves 0.6%: not offered.)
+  block) in fp32 under bf16 autocast: rounding them to bf16 moved 0.43% of the bundled CamVid
+  model's labels on CamVid val (0.19% with this), for about 5% more time; they are about 1% of
+  PSPNet-R50's FLOPs. (With bf16 weights the model moves 0.43% again: not what Segmenter runs.)
 - torch.compile (Inductor, with freezing) fuses the elementwise tails and prepacks weights; it
   pays when the model is called many times at one input size: compiling takes about 25 s for
   PSPNet-R50 on two cores, and every new size compiles again.
