@@ -147,7 +147,7 @@ def test_skip_decoder_fuses_stride4_features_at_any_size(name, low_channels):
     low, aux, last = m.backbone(x)
     assert low.shape[1] == low_channels and low.shape[-2:] == (25, 33)  # stride 4 (ceil)
     assert last.shape[-2:] == (7, 9)  # the backbone stays at output stride 16
-    assert len(m.cls) == 3 and m.classifier is m.decoder.fuse[4]
+    assert len(m.cls) == 3 and m.classifier_head is m.decoder.fuse
     with torch.no_grad():
         assert m(x).shape == (1, 3, 97, 131)
     m.train()
@@ -167,7 +167,7 @@ def test_skip_decoder_round_trip_and_new_head(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     replace_head(m2, 2)
-    assert m2.classifier.out_channels == 2 and m2.aux[4].out_channels == 2
+    assert m2.classifier_head[4].out_channels == 2 and m2.aux[4].out_channels == 2
     with torch.no_grad():
         assert m2(x).shape == (1, 2, 65, 81)
 

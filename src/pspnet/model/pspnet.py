@@ -178,9 +178,9 @@ class PSPNet(nn.Module, PyTorchModelHubMixin, library_name="pspnet", tags=["sema
         return self.config["class_names"]
 
     @property
-    def classifier(self) -> nn.Conv2d:
-        """The final 1x1 conv (replaced to fine-tune on other classes)."""
-        return (self.decoder.fuse if self.decoder is not None else self.cls)[4]
+    def classifier_head(self) -> nn.Sequential:
+        """The head whose index 4 is the final 1x1 conv (``cls``, or the decoder's ``fuse``)."""
+        return self.decoder.fuse if self.decoder is not None else self.cls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
@@ -339,6 +339,7 @@ def load_safetensors(path: str | Path, map_location: str = "cpu", **overrides: A
 
 
 def classifier_key(config: dict[str, Any]) -> str:
+    """The state-dict key of the final 1x1 conv's weight (its rows are the classes) for ``config``."""
     return "decoder.fuse.4.weight" if config.get("decoder_channels") else "cls.4.weight"
 
 
@@ -372,7 +373,7 @@ def build_with_state(config: dict[str, Any], state: dict[str, torch.Tensor], sou
 def replace_head(model: PSPNet, num_classes: int, class_names: Sequence[str] | None = None,
                  palette: Sequence[Sequence[int]] | None = None) -> PSPNet:
     """Swap the final 1x1 convs for ``num_classes`` outputs, keeping every other weight (fine-tuning)."""
-    for head in (model.decoder.fuse if model.decoder is not None else model.cls, model.aux):
+    for head in (model.classifier_head, model.aux):
         if head is not None:
             old = head[4]
             head[4] = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)
