@@ -59,11 +59,9 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
         raise PSPNetError("slide mode needs a crop size (--crop H W), e.g. the training crop")
     if crop is not None and len(crop) == 1:
         crop = (crop[0], crop[0])
-    if backend not in ("torch", "onnxruntime"):
-        raise PSPNetError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    if isinstance(model, (str, Path)) and (backend == "onnxruntime" or Path(model).suffix == ".onnx"):
-        from pspnet.inference.ort import OrtModel
+    from pspnet.inference.ort import OrtModel, uses_onnxruntime
 
+    if uses_onnxruntime(model, backend) and isinstance(model, (str, Path)):
         model, device, precision = OrtModel(model), "cpu", "fp32"
     elif isinstance(model, (str, Path)):
         from pspnet import load

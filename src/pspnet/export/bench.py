@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from pspnet.export.fast import FastPath, fast_call, fast_model
+from pspnet.model.pspnet import IMAGENET_MEAN, IMAGENET_STD
 from pspnet.runtime import cpu_flags, native_bf16, resolve_device
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CAMVID = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "camvid"  # beside a source checkout
 # case names of the int8 variants, by which convs stay in float (see pspnet.export.quantize)
 INT8_NAMES = {"classifier": "ORT int8 all", "sensitive": "ORT int8", "backbone": "ORT int8 head"}
@@ -125,11 +125,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds
         op()
         best, end = float("inf"), time.perf_counter() + seconds
         while time.perf_counter() < end:
-            _sync(device)
-            t = time.perf_counter()
-            op()
-            _sync(device)
-            best = min(best, time.perf_counter() - t)
+            best = min(best, _timed(op, device))
         return 2 * n**3 / best / 1e9
     except Exception:
         return None
@@ -138,6 +134,15 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(call: Callable[[], Any], device: torch.device) -> float:
+    """Seconds that one ``call()`` takes, with the device synchronised before and after."""
+    _sync(device)
+    t = time.perf_counter()
+    call()
+    _sync(device)
+    return time.perf_counter() - t
 
 
 # ---- cases ---------------------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ def model_cases(label: str, group: str, model: nn.Module, x: torch.Tensor, devic
 def peer_cases(num_classes: int, size: Sequence[int], device: torch.device,
                log: Callable[[str], None] = print) -> list[Case]:
     """segmentation_models_pytorch PSPNet (r50, r18) and torchvision DeepLabV3/FCN-R50, random init, fp32 eager."""
-    x = frame(size, *IMAGENET, device=device)
+    x = frame(size, IMAGENET_MEAN, IMAGENET_STD, device=device)
     models: list[tuple[str, Callable[[], nn.Module], str]] = []
     try:
         import segmentation_models_pytorch as smp
@@ -330,11 +335,7 @@ def time_interleaved(cases: list[Case], repeats: int, warmup: int, device: torch
     for r in range(repeats):
         k = r % max(len(live), 1)
         for c in live[k:] + live[:k]:
-            _sync(device)
-            t = time.perf_counter()
-            c.run()
-            _sync(device)
-            c.times.append(time.perf_counter() - t)
+            c.times.append(_timed(c.run, device))
         log(f"round {r + 1}/{repeats} done")
 
 
@@ -428,11 +429,7 @@ def training_step(model: nn.Module, device: torch.device, size: Sequence[int], b
         step(mode)
     for r in range(repeats):
         for mode in (modes if r % 2 == 0 else modes[::-1]):
-            _sync(device)
-            t = time.perf_counter()
-            step(mode)
-            _sync(device)
-            times[mode].append(time.perf_counter() - t)
+            times[mode].append(_timed(lambda: step(mode), device))
     result: dict[str, Any] = {"size": list(size), "batch": batch, "amp": amp}
     for mode in modes:
         med = statistics.median(times[mode])
@@ -452,14 +449,7 @@ def scaling(model: nn.Module, path: FastPath, device: torch.device, sizes: Seque
     def measure(size: Sequence[int], batch: int) -> dict[str, Any]:
         x = frame(size, mean, std, batch, device)
         fast_call(net, x, path)
-        ts = []
-        for _ in range(repeats):
-            _sync(device)
-            t = time.perf_counter()
-            fast_call(net, x, path)
-            _sync(device)
-            ts.append(time.perf_counter() - t)
-        med = statistics.median(ts)
+        med = statistics.median(_timed(lambda: fast_call(net, x, path), device) for _ in range(repeats))
         return {"size": list(size), "batch": batch, "median_ms": 1e3 * med, "images_per_s": batch / med}
 
     out: dict[str, Any] = {"path": path.name, "by_size": [], "by_batch": []}

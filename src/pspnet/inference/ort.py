@@ -17,6 +17,16 @@ import torch
 from pspnet.errors import PSPNetError
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
+def uses_onnxruntime(model: Any, backend: str) -> bool:
+    """Whether ``model`` runs in ONNX Runtime: asked for, or an exported .onnx file (which runs nowhere else)."""
+    if backend not in BACKENDS:
+        raise PSPNetError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+    return backend == "onnxruntime" or (isinstance(model, (str, Path)) and Path(model).suffix == ".onnx")
+
+
 class OrtModel:
     """An ONNX Runtime session with a PSPNet-like call: ``model(x) -> logits`` for (N, 3, H, W) float input."""
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pspnet.data.io import read_image, to_rgb
 from pspnet.errors import PSPNetError
+from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import predict_probs
 from pspnet.inference.visualize import overlay as draw_overlay
 from pspnet.model.bundled import load
@@ -62,15 +63,11 @@ class Segmenter:
     def __init__(self, model: str | Path | PSPNet = "camvid", device: str = "auto", precision: str = "auto",
                  mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                  flip: bool = False, backend: str = "torch", batch_size: int = 4):
-        if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
-            backend = "onnxruntime"  # an exported file runs nowhere else
-        if backend == "onnxruntime":
-            from pspnet.inference.ort import OrtModel  # optional dependency
-
+        if uses_onnxruntime(model, backend):
             self.model: Any = OrtModel(model, device=device)
             self.device = torch.device("cpu")
             self.precision = "fp32"
-        elif backend == "torch":
+        else:
             self.device = resolve_device(device)
             self.model = model if isinstance(model, PSPNet) else load(model)
             self.model.eval().to(self.device)
@@ -81,8 +78,6 @@ class Segmenter:
 
             self.model = fast_model(self.model, FastPath(self.precision, self.precision, fold_bn=True,
                                                          channels_last=True, fp32_stem=True), self.device)
-        else:
-            raise PSPNetError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         cfg = self.model.config
         self.class_names: list[str] = cfg["class_names"]
         self.palette: list[list[int]] = cfg["palette"]
