@@ -172,6 +172,13 @@ def test_skip_decoder_round_trip_and_new_head(tmp_path):
         assert m2(x).shape == (1, 2, 65, 81)
 
 
+def test_skip_decoder_needs_stride4_features():
+    from pspnet.errors import PSPNetError
+
+    with pytest.raises(PSPNetError, match="no stride-4 features for the decoder"):
+        create_model("pspnet_test_vit", num_classes=3, output_stride=32, decoder_channels=8)  # a ViT: all stride 16
+
+
 def test_default_model_has_no_decoder_and_keeps_semseg_keys():
     m = create_model("pspnet_resnet18", num_classes=3)
     assert m.decoder is None and m.config["decoder_channels"] == 0
