@@ -30,8 +30,9 @@ from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.curves import plot_history
 from pspnet.engine.evaluate import evaluate, write_report
 from pspnet.inference.segmenter import Segmenter
-from pspnet.model.pspnet import load_safetensors, save_safetensors
-from pspnet.runtime import cpu_has_native_bf16
+from pspnet.model.pspnet import PSPNet
+from pspnet.model.serialization import save_safetensors
+from pspnet.device import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "pspnet" / "weights"
@@ -65,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run_dir = args.run_dirs[-1]
-    model = load_safetensors(run_dir / "best.safetensors", aux=False).eval()
+    model = PSPNet.from_pretrained(run_dir / "best.safetensors", aux=False).eval()
     best = json.loads((run_dir / "best_metrics.json").read_text())
     # One history across the stages, each stage's iterations continuing where the previous one's best ended.
     stages, history, offset, train_seconds = [], [], 0, 0.0

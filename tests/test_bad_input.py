@@ -22,7 +22,7 @@ from PIL import Image
 
 from pspnet import PSPNetError, create_model
 from pspnet.cli import main
-from pspnet.model.pspnet import save_safetensors
+from pspnet.model.serialization import save_safetensors
 
 TINY = {"head_channels": 16, "aux_channels": 8}
 PREDICT = ["--device", "cpu", "--precision", "fp32", "--no-progress"]

@@ -7,7 +7,7 @@ import numpy as np
 import pspnet
 from pspnet.engine.evaluate import evaluate_model
 from pspnet.model.bundled import BUNDLED, WEIGHTS_DIR
-from pspnet.model.pspnet import read_safetensors_config
+from pspnet.model.serialization import read_safetensors_config
 
 SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
 

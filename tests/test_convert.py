@@ -16,7 +16,8 @@ from PIL import Image
 
 from pspnet import PSPNet, PSPNetError, create_model
 from pspnet.cli import main
-from pspnet.model.convert import convert_checkpoint, detect_format, load_weights_file, safe_torch_load
+from pspnet.model.convert import detect_format
+from pspnet.model.serialization import convert_checkpoint, load_weights_file, safe_torch_load
 
 CITYSCAPES_CFG = """
 data_preprocessor = dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
@@ -89,7 +90,7 @@ def test_semseg_checkpoint_maps_every_tensor(r50_semseg):
         assert tuple(sd[key].shape) == shape, key
     ckpt = {"epoch": 50, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]}}
     assert detect_format(ckpt) == "semseg"
-    model = convert_checkpoint(ckpt)
+    model = convert_checkpoint(ckpt, PSPNet)
     assert_same_weights(model, r50_semseg)
     c = model.config
     assert (c["backbone"], c["stem_widths"], c["contract_dilation"], c["align_corners"]) == ("resnet50", [64, 64, 128],
@@ -112,7 +113,7 @@ def test_semseg_file_is_detected_by_from_pretrained(tmp_path):
 
 def test_semseg_eval_checkpoint_without_aux_head(r50_semseg):
     sd = {k: v for k, v in to_semseg(r50_semseg.state_dict()).items() if not k.startswith("module.aux.")}
-    model = convert_checkpoint({"state_dict": sd}, dataset="voc")
+    model = convert_checkpoint({"state_dict": sd}, PSPNet, dataset="voc")
     assert model.aux is None and model.config["aux"] is False
 
 
@@ -133,7 +134,7 @@ def test_mmseg_checkpoint_maps_every_tensor_and_reads_meta(r50_v1c):
                                                               "palette": palette}},
             "state_dict": sd}
     assert detect_format(ckpt) == "mmseg"
-    model = convert_checkpoint(ckpt)
+    model = convert_checkpoint(ckpt, PSPNet)
     assert_same_weights(model, r50_v1c)
     c = model.config
     assert (c["stem_widths"], c["contract_dilation"], c["align_corners"]) == ([32, 32, 64], True, False)
@@ -143,10 +144,10 @@ def test_mmseg_checkpoint_maps_every_tensor_and_reads_meta(r50_v1c):
 
 def test_mmseg_0x_meta_and_dataset_guess(r50_v1c):
     sd = to_mmseg(r50_v1c.state_dict())
-    model = convert_checkpoint({"meta": {"CLASSES": None}, "state_dict": sd})
+    model = convert_checkpoint({"meta": {"CLASSES": None}, "state_dict": sd}, PSPNet)
     assert model.class_names[0] == "road" and model.config["palette"][0] == [128, 64, 128]  # 19 -> Cityscapes
     with pytest.raises(PSPNetError, match="19 classes but ade20k has 150"):
-        convert_checkpoint({"meta": {}, "state_dict": sd}, dataset="ade20k")
+        convert_checkpoint({"meta": {}, "state_dict": sd}, PSPNet, dataset="ade20k")
 
 
 def test_missing_and_extra_keys_are_listed(r50_v1c):
@@ -154,7 +155,7 @@ def test_missing_and_extra_keys_are_listed(r50_v1c):
     del sd["decode_head.bottleneck.bn.running_mean"]
     sd["decode_head.extra_conv.weight"] = torch.zeros(1)
     with pytest.raises(PSPNetError) as err:
-        convert_checkpoint({"meta": {}, "state_dict": sd}, origin="ckpt.pth")
+        convert_checkpoint({"meta": {}, "state_dict": sd}, PSPNet, origin="ckpt.pth")
     msg = str(err.value)
     assert "ckpt.pth" in msg and "missing ['cls.1.running_mean']" in msg and "decode_head.extra_conv.weight" in msg
 
@@ -162,21 +163,21 @@ def test_missing_and_extra_keys_are_listed(r50_v1c):
 def test_pyramid_levels_must_match_the_bins(r50_semseg):
     sd = {k: v for k, v in to_semseg(r50_semseg.state_dict()).items() if not k.startswith("module.ppm.features.3.")}
     with pytest.raises(PSPNetError, match=r"pyramid has 3 levels but bins are \[1, 2, 3, 6\]; pass bins="):
-        convert_checkpoint({"state_dict": sd})
+        convert_checkpoint({"state_dict": sd}, PSPNet)
 
 
 def test_wrong_class_count_says_how_to_fine_tune(r50_semseg):
     with pytest.raises(PSPNetError, match=r"21 classes, not 5.*pspnet convert .*--num-classes 5.*replace_head"):
-        convert_checkpoint({"state_dict": to_semseg(r50_semseg.state_dict())}, num_classes=5)
+        convert_checkpoint({"state_dict": to_semseg(r50_semseg.state_dict())}, PSPNet, num_classes=5)
 
 
 def test_source_mismatch_and_unknown_layouts(r50_semseg):
     sd = to_semseg(r50_semseg.state_dict())
     with pytest.raises(PSPNetError, match="not a mmseg PSPNet checkpoint.*which look like semseg"):
-        convert_checkpoint({"state_dict": sd}, source="mmseg")
+        convert_checkpoint({"state_dict": sd}, PSPNet, source="mmseg")
     assert detect_format({"state_dict": {"fc.weight": torch.zeros(1)}}) is None
     with pytest.raises(PSPNetError, match=r"not a semseg or mmseg PSPNet checkpoint \(it has keys \['fc.weight'\]\)"):
-        convert_checkpoint({"state_dict": {"fc.weight": torch.zeros(1)}})
+        convert_checkpoint({"state_dict": {"fc.weight": torch.zeros(1)}}, PSPNet)
 
 
 def test_mmseg_bgr_model_is_turned_into_an_rgb_one():
@@ -184,7 +185,7 @@ def test_mmseg_bgr_model_is_turned_into_an_rgb_one():
     torch.manual_seed(0)
     src = randomised(create_model("pspnet_resnet18_v1c", num_classes=3, head_channels=32, aux=False))
     cfg = "img_norm_cfg = dict(mean=[103.53, 116.28, 123.675], std=[57.375, 57.12, 58.395], to_rgb=False)"
-    model = convert_checkpoint({"meta": {"config": cfg}, "state_dict": to_mmseg(src.state_dict())})
+    model = convert_checkpoint({"meta": {"config": cfg}, "state_dict": to_mmseg(src.state_dict())}, PSPNet)
     assert model.config["mean"] == [0.485, 0.456, 0.406]
     rgb = torch.rand(1, 3, 33, 33)
     bgr_norm = (rgb.flip(1) - torch.tensor([0.406, 0.456, 0.485]).view(1, 3, 1, 1)) / torch.tensor(
@@ -271,9 +272,9 @@ def test_cli_convert_with_a_new_head_feeds_fine_tuning(tmp_path, capsys):
 
 def test_load_weights_file_reports_missing_directories_and_damage(tmp_path):
     with pytest.raises(PSPNetError, match="no such file"):
-        load_weights_file(tmp_path / "missing.pth")
+        load_weights_file(tmp_path / "missing.pth", PSPNet)
     with pytest.raises(PSPNetError, match="is a directory"):
-        load_weights_file(tmp_path)
+        load_weights_file(tmp_path, PSPNet)
     good = tmp_path / "good.pth"
     torch.save({"state_dict": {"w": torch.zeros(100)}}, good)
     for name, data in [("truncated.pth", good.read_bytes()[:300]), ("junk.pth", bytes(range(256)) * 4)]:
@@ -281,7 +282,7 @@ def test_load_weights_file_reports_missing_directories_and_damage(tmp_path):
         with pytest.raises(PSPNetError, match=f"{name}: not a readable PyTorch checkpoint, the file is damaged"):
             safe_torch_load(tmp_path / name)
     with pytest.raises(PSPNetError, match=r"good.pth: not a pspnet, semseg or mmseg PSPNet checkpoint \(it has keys"):
-        load_weights_file(good)
+        load_weights_file(good, PSPNet)
 
 
 # ---- malicious pickles: refused by every loading path, and nothing runs ----------------------------------------
@@ -318,7 +319,7 @@ def test_malicious_pickle_is_refused_by_the_python_api(evil):
     from pspnet.engine.checkpoint import load_checkpoint
 
     path, _ = evil
-    for load in (load_weights_file, PSPNet.from_pretrained, load_checkpoint):
+    for load in (lambda p: load_weights_file(p, PSPNet), PSPNet.from_pretrained, load_checkpoint):
         with pytest.raises(PSPNetError, match=r"evil.pth: refused to load: the pickle asks for \S*(system|open)"):
             load(path)
 

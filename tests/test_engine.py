@@ -26,7 +26,7 @@ from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.train import TrainConfig, epochs_to_iterations, param_groups, poly_lr, train
 from pspnet.errors import PSPNetError
 from pspnet.inference.predict import predict_probs
-from pspnet.model.pspnet import save_safetensors
+from pspnet.model.serialization import save_safetensors
 
 TINY = {"head_channels": 16, "aux_channels": 8, "output_stride": 8}
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

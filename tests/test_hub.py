@@ -1,8 +1,8 @@
 """Hugging Face Hub: push_to_hub and from_pretrained("org/name") round trip, offline.
 
-huggingface_hub's network calls are replaced by a folder per repo: ``HfApi.create_repo`` and
-``upload_folder`` write into it, ``hf_hub_download`` reads from it (and fails as it does offline
-when a file is not there). Everything above those calls is the real mixin code.
+The Hub is a local Hugging Face cache read in offline mode (``HF_HUB_OFFLINE``), exactly as after a
+download: ``from_pretrained`` runs the real ``hf_hub_download``. Only the two upload calls of the
+public ``HfApi`` class are replaced, by writing the pushed folder into that cache as a snapshot.
 """
 
 from __future__ import annotations
@@ -12,41 +12,39 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub import HfApi, constants
 from PIL import Image
 
 import pspnet
 from pspnet import PSPNet, PSPNetError, create_model
 from pspnet.cli import main
 
+COMMIT = "0" * 40
+
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch) -> Path:
-    """A fake Hub: repo ``org/name`` lives in ``hub/org/name``."""
-    root = tmp_path / "hub"
+def hub(tmp_path, monkeypatch):
+    """Returns repo_id -> the folder that the offline cache serves for it."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
-    class FakeApi:
-        def __init__(self, token=None):
-            pass
+    def snapshot(repo_id: str) -> Path:
+        return cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / COMMIT
 
-        def create_repo(self, repo_id, private=None, exist_ok=False):
-            (root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
-            return type("RepoUrl", (), {"repo_id": repo_id})()
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
 
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            shutil.copytree(folder_path, root / repo_id, dirs_exist_ok=True)
-            return f"https://huggingface.co/{repo_id}/commit/0"
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        shutil.copytree(folder_path, snapshot(repo_id), dirs_exist_ok=True)
+        refs = snapshot(repo_id).parents[1] / "refs"
+        refs.mkdir(exist_ok=True)
+        (refs / "main").write_text(COMMIT)
+        return f"https://huggingface.co/{repo_id}/commit/{COMMIT}"
 
-    def fake_download(repo_id, filename, **kwargs):
-        path = root / repo_id / filename
-        if not path.is_file():
-            raise LocalEntryNotFoundError(f"cannot find {filename} of {repo_id} (offline, not in the cache)")
-        return str(path)
-
-    monkeypatch.setattr("huggingface_hub.hub_mixin.HfApi", FakeApi)
-    monkeypatch.setattr("huggingface_hub.hub_mixin.hf_hub_download", fake_download)  # the mixin's config.json
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)  # our weights download
-    return root
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return snapshot
 
 
 @pytest.fixture
@@ -58,9 +56,9 @@ def tiny() -> PSPNet:
 
 def test_push_to_hub_and_back_gives_identical_logits(hub, tiny):
     tiny.push_to_hub("org/tiny-pspnet")
-    assert sorted(p.name for p in (hub / "org/tiny-pspnet").iterdir()) == ["README.md", "config.json",
-                                                                         "model.safetensors"]
-    card = (hub / "org/tiny-pspnet" / "README.md").read_text()
+    assert sorted(p.name for p in hub("org/tiny-pspnet").iterdir()) == ["README.md", "config.json",
+                                                                      "model.safetensors"]
+    card = (hub("org/tiny-pspnet") / "README.md").read_text()
     assert "library_name: pspnet" in card and "pipeline_tag: image-segmentation" in card
     assert 'PSPNet.from_pretrained("org/tiny-pspnet")' in card and "`sky`, `road`, `car`" in card
     assert f"mean {tiny.config['mean']}" in card

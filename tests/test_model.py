@@ -59,7 +59,7 @@ def test_batch1_training_step_with_1x1_pooled_bins():
     m = PSPNet(num_classes=5, layers=18, aux=True).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
     before = m.ppm.features[0][2].running_mean.clone()
-    out, aux = m(torch.randn(1, 3, 97, 97))
+    out, aux = m(torch.randn(1, 3, 97, 97), return_aux=True)
     loss = out.mean() + 0.4 * aux.mean()
     loss.backward()
     opt.step()
@@ -120,10 +120,15 @@ def test_efficientnet_lite_imagenet_predictions_on_the_sample_frame():
     import numpy as np
     from PIL import Image
 
-    import pspnet
-    from pspnet.model.timm_backbone import load_efficientnet_lite_classifier
+    import timm
 
-    model = load_efficientnet_lite_classifier("tf_efficientnet_lite0")
+    import pspnet
+    from pspnet.model.timm_backbone import efficientnet_lite_weights_file, remap_by_order
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    state = torch.load(efficientnet_lite_weights_file("tf_efficientnet_lite0"), map_location="cpu", weights_only=True)
+    model.load_state_dict(remap_by_order(state, [(k, v.shape) for k, v in model.state_dict().items()]), strict=False)
+    model.eval()
     frame = Image.open(Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg").convert("RGB")
 
     def top5(img: Image.Image) -> set[int]:
@@ -151,7 +156,7 @@ def test_skip_decoder_fuses_stride4_features_at_any_size(name, low_channels):
     with torch.no_grad():
         assert m(x).shape == (1, 3, 97, 131)
     m.train()
-    logits, aux_logits = m(torch.randn(2, 3, 64, 80))
+    logits, aux_logits = m(torch.randn(2, 3, 64, 80), return_aux=True)
     (logits.mean() + aux_logits.mean()).backward()
     assert m.decoder.skip[0].weight.grad.abs().sum() > 0  # the stride-4 branch learns
 

@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from pspnet.model.convert import load_weights_file
-    from pspnet.model.pspnet import replace_head
+    from pspnet.model.pspnet import PSPNet, replace_head
+    from pspnet.model.serialization import load_weights_file
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -39,7 +39,7 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes < 2:
         raise PSPNetError(f"--num-classes must be at least 2, got {args.num_classes}")
     # Everything that can fail happens before the first write, so a bad input never leaves half a folder.
-    model = load_weights_file(args.checkpoint, source=None if args.source == "auto" else args.source,
+    model = load_weights_file(args.checkpoint, PSPNet, source=None if args.source == "auto" else args.source,
                               dataset=args.dataset)
     source = f"Converted from `{args.checkpoint.name}`"
     if args.num_classes is not None and args.num_classes != model.num_classes:

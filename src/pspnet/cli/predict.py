@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.inference.visualize import confidence_png, label_png
 
     images, videos, stdin = expand_inputs(args.inputs or [str(SAMPLE)])
-    seg = Segmenter(args.model, device=args.device, precision=args.precision, backend=args.backend,
+    from pspnet.export.onnx import cached_onnx
+
+    model = cached_onnx(args.model) if args.backend == "onnxruntime" else args.model
+    seg = Segmenter(model, device=args.device, precision=args.precision, backend=args.backend,
                     mode=args.mode, crop=args.crop, scales=args.scales, flip=args.flip, batch_size=args.batch_size)
     # Every input's header, before anything is written: a missing, empty, undecodable or too large
     # file among many fails now rather than after hours of work.

@@ -37,10 +37,12 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as err:
         raise PSPNetError("pspnet serve needs the 'serve' extra: pip install 'pspnet[serve]'") from err
+    from pspnet.export.onnx import cached_onnx
     from pspnet.inference.segmenter import Segmenter
     from pspnet.serve.app import create_app
 
-    segmenter = Segmenter(args.model, device=args.device, precision=args.precision, mode=args.mode, crop=args.crop,
+    model = cached_onnx(args.model) if args.backend == "onnxruntime" else args.model
+    segmenter = Segmenter(model, device=args.device, precision=args.precision, mode=args.mode, crop=args.crop,
                           scales=args.scales, flip=args.flip, backend=args.backend, batch_size=args.batch_size)
     app = create_app(segmenter, max_queue=args.max_queue, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
                      max_bytes=args.max_bytes, max_pixels=args.max_pixels, model_name=str(args.model))

@@ -85,10 +85,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from pspnet.engine.evaluate import evaluate_model
+    from pspnet.export.onnx import cached_onnx
 
     if args.crop is not None and len(args.crop) not in (1, 2):
         raise PSPNetError(f"--crop takes H [W], got {args.crop}")
-    metrics = evaluate_model(args.model, args.dataset, args.data_root, args.split, args.mode, args.crop, args.scales,
+    model = cached_onnx(args.model) if args.backend == "onnxruntime" else args.model
+    metrics = evaluate_model(model, args.dataset, args.data_root, args.split, args.mode, args.crop, args.scales,
                              args.flip, args.device, args.precision, args.out, args.limit, not args.no_progress,
                              backend=args.backend, **parse_options(args.data_opt))
     print(metrics.table())

@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from pspnet.data.io import list_images, read_image, read_mask
-from pspnet.data.meta import (ADE20K_CLASSES, ADE20K_PALETTE, CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES,
+from pspnet.meta import (ADE20K_CLASSES, default_class_names, ADE20K_PALETTE, CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES,
                               CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, VOC_CLASSES)
 from pspnet.errors import PSPNetError
 
@@ -136,7 +136,7 @@ class SegmentationDataset(Dataset):
         self.pairs = list(pairs)
         self.num_classes = num_classes
         self.lut = lut
-        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        self.class_names = list(class_names) if class_names else default_class_names(num_classes)
         self.palette = palette
         self.transform = transform
         self.root = root

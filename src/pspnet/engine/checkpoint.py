@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from pspnet.errors import PSPNetError
+from pspnet.model.serialization import safe_torch_load
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -28,8 +29,6 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, loaded without running any code from the file."""
-    from pspnet.model.convert import safe_torch_load
-
     path = Path(path)
     if not path.is_file():
         raise PSPNetError(f"{path}: no such checkpoint")

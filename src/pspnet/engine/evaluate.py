@@ -11,10 +11,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from pspnet.device import autocast
 from pspnet.engine.metrics import ConfusionMatrix, Metrics
 from pspnet.errors import PSPNetError
+from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import predict_probs
-from pspnet.runtime import autocast
+from pspnet.model.bundled import load
 
 
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "whole",
@@ -46,12 +48,13 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     """Evaluate a model (a PSPNet, a weights path, a bundled name or an .onnx file) on a dataset split; with
     ``out_dir`` also write metrics.json, per_class_iou.png and confusion_matrix.png there.
 
-    ``backend="onnxruntime"`` measures the deployed ONNX graph itself (exported once for non-.onnx models)."""
+    ``backend="onnxruntime"`` measures the deployed ONNX graph itself (an .onnx file: export others first, e.g.
+    with ``pspnet.export.onnx.cached_onnx``)."""
     from torch.utils.data import Subset
 
     from pspnet.data import build_dataset
     from pspnet.data.transforms import eval_transforms
-    from pspnet.runtime import resolve_device, resolve_precision
+    from pspnet.device import resolve_device, resolve_precision
 
     if mode not in ("whole", "slide"):
         raise PSPNetError(f"mode must be 'whole' or 'slide', got {mode!r}")
@@ -59,13 +62,9 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
         raise PSPNetError("slide mode needs a crop size (--crop H W), e.g. the training crop")
     if crop is not None and len(crop) == 1:
         crop = (crop[0], crop[0])
-    from pspnet.inference.ort import OrtModel, uses_onnxruntime
-
-    if uses_onnxruntime(model, backend) and isinstance(model, (str, Path)):
+    if uses_onnxruntime(model, backend):
         model, device, precision = OrtModel(model), "cpu", "fp32"
     elif isinstance(model, (str, Path)):
-        from pspnet import load
-
         model = load(model)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)

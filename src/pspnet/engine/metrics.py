@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pspnet.meta import default_class_names
+
 
 class ConfusionMatrix:
     """Accumulates ``matrix[gt, pred]`` pixel counts over a dataset, ignoring one label."""
@@ -61,7 +63,7 @@ class Metrics:
             macc=float(np.mean(present_acc)) if present_acc else 0.0,
             aacc=float(tp.sum() / matrix.sum()) if matrix.sum() else 0.0,
             iou=iou, acc=acc,
-            class_names=list(class_names) if class_names else [f"class_{i}" for i in range(n)],
+            class_names=list(class_names) if class_names else default_class_names(n),
             confusion_matrix=matrix.astype(np.int64).tolist(),
         )
 

@@ -32,8 +32,9 @@ from pspnet.engine.checkpoint import atomic_save, load_checkpoint
 from pspnet.engine.evaluate import evaluate
 from pspnet.errors import PSPNetError
 from pspnet.model import create_model
-from pspnet.model.pspnet import PSPNet, save_safetensors
-from pspnet.runtime import autocast, resolve_device, resolve_precision
+from pspnet.model.pspnet import PSPNet
+from pspnet.model.serialization import save_safetensors
+from pspnet.device import autocast, resolve_device, resolve_precision
 
 
 @dataclass
@@ -259,6 +260,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     weight = weight.to(device) if weight is not None else None
     if model.aux is None and cfg.aux_weight:
         raise PSPNetError("aux_weight > 0 needs a model built with aux=True")
+    with_aux = bool(cfg.aux_weight)
     mean, std = model.config["mean"], model.config["std"]
     train_set.transform = train_transforms(cfg.crop_size, mean, std, cfg.scale, cfg.rotate)
     model.to(device)
@@ -331,8 +333,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            outputs = net(images)
-        logits, aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+            outputs = net(images, return_aux=with_aux)
+        logits, aux = outputs if with_aux else (outputs, None)
         main_loss = F.cross_entropy(logits.float(), masks, weight, ignore_index=255)
         loss = main_loss + cfg.aux_weight * F.cross_entropy(aux.float(), masks, weight, ignore_index=255) if aux is not None else main_loss
         if not torch.isfinite(loss):

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pspnet.export.fast import FastPath, fast_call, fast_model
+from pspnet.inference.fast import FastPath, fast_call, fast_model
 from pspnet.model.pspnet import IMAGENET_MEAN, IMAGENET_STD
-from pspnet.runtime import cpu_flags, native_bf16, resolve_device
+from pspnet.device import cpu_flags, native_bf16, resolve_device
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
 CAMVID = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "camvid"  # beside a source checkout
@@ -413,13 +413,12 @@ def training_step(model: nn.Module, device: torch.device, size: Sequence[int], b
     times: dict[str, list[float]] = {m: [] for m in modes}
 
     def step(mode: str) -> None:
-        from pspnet.runtime import autocast
+        from pspnet.device import autocast
 
         net, opt, scaler = nets[mode], opts[mode], scalers[mode]
         opt.zero_grad(set_to_none=True)
         with autocast(device, mode):
-            out = net(x)
-            main, aux = out if isinstance(out, tuple) else (out, None)
+            main, aux = net(x, return_aux=True) if model.aux is not None else (net(x), None)
             loss = crit(main.float(), y) + (0.4 * crit(aux.float(), y) if aux is not None else 0)
         scaler.scale(loss).backward()
         scaler.step(opt)

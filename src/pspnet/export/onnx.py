@@ -27,8 +27,11 @@ from torch import nn
 
 from pspnet.errors import PSPNetError
 from pspnet.export.pooling import make_pooling_exportable
+from pspnet.inference.fold import fold_batchnorm
+from pspnet.inference.ort import CONFIG_KEY, OrtModel
+from pspnet.model.bundled import BUNDLED, WEIGHTS_DIR, load
+from pspnet.model.serialization import WEIGHTS_NAME
 
-CONFIG_KEY = "pspnet_config"
 DEFAULT_OPSET = 17
 CHECK_SIZES: tuple[tuple[int, int], ...] = ((97, 131), (160, 120))  # odd and even, neither equal to the traced size
 
@@ -45,8 +48,6 @@ def as_model(model: "str | Path | nn.Module") -> nn.Module:
     """A PSPNet from a bundled name, weights path or Hub id; modules pass through."""
     if isinstance(model, nn.Module):
         return model
-    from pspnet.model.bundled import load
-
     return load(model)
 
 
@@ -71,8 +72,6 @@ def export_onnx(model: "str | Path | nn.Module", out: str | Path, *, size: Seque
     config = dict(getattr(src, "config", {}))
     net = make_pooling_exportable(copy.deepcopy(src).cpu().float(), inplace=True)
     if fold_bn:
-        from pspnet.export.fold import fold_batchnorm
-
         net = fold_batchnorm(net, inplace=True)
     net.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +143,6 @@ def _inline_shared_initializers(proto: Any) -> None:
 def parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int]] = CHECK_SIZES,
            batch: int = 1, seed: int = 0) -> list[dict[str, Any]]:
     """Max abs logit difference and argmax agreement of ONNX Runtime vs PyTorch at each (H, W)."""
-    from pspnet.inference.ort import OrtModel
-
     ort_model = OrtModel(onnx_path)
     gen = torch.Generator().manual_seed(seed)
     results = []
@@ -158,30 +155,14 @@ def parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int
     return results
 
 
-def read_onnx_config(path: str | Path) -> dict[str, Any]:
-    """The PSPNet config stored in an exported file's metadata (without loading the weights)."""
-    _require_onnx()
-    import onnx
-
-    path = Path(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and friends
-        raise PSPNetError(f"{path}: not a readable ONNX file ({err})") from err
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if CONFIG_KEY not in meta:
-        raise PSPNetError(f"{path}: no '{CONFIG_KEY}' in the ONNX metadata; export it with `pspnet export`")
-    return json.loads(meta[CONFIG_KEY])
-
-
-def cached_onnx(model: str | Path, cache_dir: str | Path | None = None) -> Path:
+def cached_onnx(model: str | Path) -> Path:
     """An exported copy of a bundled model or weights file, made once and kept in the user cache.
 
-    Lets ``Segmenter(..., backend="onnxruntime")`` take the same names as the torch backend.
+    Lets ``--backend onnxruntime`` take the same ``--model`` values as the torch backend; .onnx
+    files are returned as they are.
     """
-    from pspnet.model.bundled import BUNDLED, WEIGHTS_DIR
-    from pspnet.model.pspnet import WEIGHTS_NAME
-
+    if Path(model).suffix == ".onnx":
+        return Path(model)
     name = str(model)
     source = WEIGHTS_DIR / BUNDLED[name] if name in BUNDLED else Path(name)
     if source.is_dir():
@@ -191,7 +172,7 @@ def cached_onnx(model: str | Path, cache_dir: str | Path | None = None) -> Path:
                           "or a model folder")
     stat = source.stat()
     key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    base = Path(cache_dir or os.environ.get("PSPNET_CACHE") or Path.home() / ".cache" / "pspnet") / "onnx"
+    base = Path(os.environ.get("PSPNET_CACHE") or Path.home() / ".cache" / "pspnet") / "onnx"
     target = base / f"{source.stem}-{key}.onnx"
     if not target.is_file():
         base.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, calib_dir: str | Path,
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError as err:
         raise PSPNetError(f"int8 quantization needs onnx and onnxruntime: pip install 'pspnet[onnx]' ({err})") from err
-    from pspnet.export.onnx import read_onnx_config
+    from pspnet.inference.ort import read_onnx_config
 
     fp32_path, out = Path(fp32_path), Path(out)
     config = read_onnx_config(fp32_path)

@@ -2,12 +2,13 @@
 
 It takes and returns torch tensors (logits), carries the model config read from the ONNX metadata,
 and has the few ``nn.Module`` methods the callers touch (``eval``, ``train``, ``to``) as no-ops.
-A bundled model name or weights file is exported once into the user cache (see ``cached_onnx``),
-so ``--backend onnxruntime`` takes the same ``--model`` values as the torch backend.
+It runs .onnx files only: making one is export's job (``pspnet.export.onnx.cached_onnx`` turns a
+bundled name or weights file into a cached .onnx, which is what ``--backend onnxruntime`` does).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import torch
 
 from pspnet.errors import PSPNetError
 
-
 BACKENDS = ("torch", "onnxruntime")
+CONFIG_KEY = "pspnet_config"  # the ONNX metadata_props key that holds the model config
 
 
 def uses_onnxruntime(model: Any, backend: str) -> bool:
@@ -30,33 +31,26 @@ def uses_onnxruntime(model: Any, backend: str) -> bool:
 class OrtModel:
     """An ONNX Runtime session with a PSPNet-like call: ``model(x) -> logits`` for (N, 3, H, W) float input."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 providers: list[str] | None = None):
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as err:
             raise PSPNetError(f"the onnxruntime backend needs onnxruntime: pip install 'pspnet[onnx]' ({err})") from err
-        from pspnet.export.onnx import cached_onnx, read_onnx_config
-
-        if not isinstance(path, (str, Path)):
-            raise PSPNetError(f"the onnxruntime backend takes an .onnx file, a bundled model name or a weights file, not "
-                              f"a {type(path).__name__}; export a model object with pspnet.export.onnx.export_onnx")
+        if not isinstance(path, (str, Path)) or Path(path).suffix != ".onnx":
+            shown = path if isinstance(path, (str, Path)) else f"a {type(path).__name__}"
+            raise PSPNetError(f"{shown}: the onnxruntime backend runs .onnx files; export the model first "
+                              "(`pspnet export`, or pspnet.export.onnx.cached_onnx(model) in Python)")
         path = Path(path)
-        if path.suffix != ".onnx":
-            path = cached_onnx(path)
         if not path.is_file():
             raise PSPNetError(f"{path}: no such ONNX file")
         self.path = path
         self.config: dict[str, Any] = read_onnx_config(path)
-        if providers is None:
-            available = ort.get_available_providers()
-            if str(device).startswith("cuda"):
-                if "CUDAExecutionProvider" not in available:
-                    raise PSPNetError(f"{path}: device {device!r} asked for, but this onnxruntime has no CUDA provider "
-                                      "(pip install onnxruntime-gpu)")
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            else:
-                providers = ["CPUExecutionProvider"]
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise PSPNetError(f"{path}: device {device!r} asked for, but this onnxruntime has no CUDA provider "
+                                  "(pip install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # constant-folding notices are not the user's problem
@@ -101,3 +95,20 @@ class OrtModel:
 
     def __repr__(self) -> str:
         return f"OrtModel({str(self.path)!r}, providers={self.session.get_providers()})"
+
+
+def read_onnx_config(path: str | Path) -> dict[str, Any]:
+    """The PSPNet config stored in an exported file's metadata (without loading the weights)."""
+    try:
+        import onnx
+    except ImportError as err:
+        raise PSPNetError(f"reading ONNX files needs onnx: pip install 'pspnet[onnx]' ({err})") from err
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise PSPNetError(f"{path}: not a readable ONNX file ({err})") from err
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if CONFIG_KEY not in meta:
+        raise PSPNetError(f"{path}: no '{CONFIG_KEY}' in the ONNX metadata; export it with `pspnet export`")
+    return json.loads(meta[CONFIG_KEY])

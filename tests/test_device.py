@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from pspnet import runtime
+from pspnet import device
 from pspnet.errors import PSPNetError
 
 CPU = torch.device("cpu")
@@ -17,8 +17,8 @@ def cpu_with(monkeypatch):
     """Pretend the CPU has exactly the given /proc/cpuinfo flags, on the given architecture."""
 
     def apply(flags: set[str], machine: str = "x86_64") -> None:
-        monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags))
-        monkeypatch.setattr(runtime.platform, "machine", lambda: machine)
+        monkeypatch.setattr(device, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(device.platform, "machine", lambda: machine)
 
     return apply
 
@@ -35,32 +35,32 @@ def cpu_with(monkeypatch):
 ])
 def test_auto_on_cpu_uses_bf16_only_where_native(cpu_with, flags, machine, expected):
     cpu_with(flags, machine)
-    assert runtime.resolve_precision("auto", CPU) == expected
+    assert device.resolve_precision("auto", CPU) == expected
 
 
 def test_cpu_flags_reads_arm_features(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
-    real_path = runtime.Path
-    monkeypatch.setattr(runtime, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
-    runtime.cpu_flags.cache_clear()
+    real_path = device.Path
+    monkeypatch.setattr(device, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    device.cpu_flags.cache_clear()
     try:
-        assert {"bf16", "i8mm"} <= runtime.cpu_flags()
+        assert {"bf16", "i8mm"} <= device.cpu_flags()
     finally:
-        runtime.cpu_flags.cache_clear()
+        device.cpu_flags.cache_clear()
 
 
 def test_explicit_emulated_bf16_warns_but_is_honoured(cpu_with):
     cpu_with({"avx2", "fma"})
     with pytest.warns(RuntimeWarning, match="emulated"):
-        assert runtime.resolve_precision("bf16", CPU) == "bf16"
+        assert device.resolve_precision("bf16", CPU) == "bf16"
     with pytest.warns(RuntimeWarning, match="emulated"):
-        assert runtime.resolve_precision("fp16", CPU) == "fp16"
+        assert device.resolve_precision("fp16", CPU) == "fp16"
     cpu_with({"amx_bf16"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert runtime.resolve_precision("bf16", CPU) == "bf16"
-        assert runtime.resolve_precision("fp32", CPU) == "fp32"
+        assert device.resolve_precision("bf16", CPU) == "bf16"
+        assert device.resolve_precision("fp32", CPU) == "fp32"
 
 
 def _fake_gpu(monkeypatch, capability: tuple[int, int], keyword: bool = True) -> None:
@@ -82,22 +82,22 @@ def _fake_gpu(monkeypatch, capability: tuple[int, int], keyword: bool = True) ->
                                                   ((9, 0), "bf16")])
 def test_auto_on_cuda_uses_bf16_only_where_native(monkeypatch, capability, expected, keyword):
     _fake_gpu(monkeypatch, capability, keyword)
-    assert runtime.resolve_precision("auto", CUDA) == expected
+    assert device.resolve_precision("auto", CUDA) == expected
 
 
 def test_explicit_bf16_on_pre_ampere_gpu_warns(monkeypatch):
     _fake_gpu(monkeypatch, (7, 5))
     with pytest.warns(RuntimeWarning, match="emulated"):
-        runtime.resolve_precision("bf16", CUDA)
+        device.resolve_precision("bf16", CUDA)
 
 
 def test_unknown_precision_is_a_clear_error():
     with pytest.raises(PSPNetError, match="precision must be one of"):
-        runtime.resolve_precision("fp8", CPU)
+        device.resolve_precision("fp8", CPU)
 
 
 def test_autocast_is_a_no_op_for_fp32():
-    with runtime.autocast(CPU, "fp32"):
+    with device.autocast(CPU, "fp32"):
         assert not torch.is_autocast_enabled("cpu")
-    with runtime.autocast(CPU, "bf16"):
+    with device.autocast(CPU, "bf16"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
