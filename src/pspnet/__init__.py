@@ -4,7 +4,6 @@ from pspnet.errors import PSPNetError
 from pspnet.inference.segmenter import Segmenter
 from pspnet.model import PSPNet, create_model, replace_head
 from pspnet.model.bundled import load
-
-__version__ = "0.1.0"
+from pspnet.version import __version__
 
 __all__ = ["PSPNet", "PSPNetError", "Segmenter", "create_model", "load", "replace_head", "__version__"]

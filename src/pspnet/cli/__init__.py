@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from pspnet import __version__
+from pspnet.version import __version__
 from pspnet.cli import benchmark, check_data, convert, export, predict, serve, train_eval
 from pspnet.errors import PSPNetError
 

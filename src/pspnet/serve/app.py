@@ -318,6 +318,6 @@ def _floats(value: Any) -> list[float] | None:
 
 
 def _version() -> str:
-    from pspnet import __version__
+    from pspnet.version import __version__
 
     return __version__
