@@ -1,4 +1,4 @@
-"""Models that ship inside the package, addressable by name: ``pspnet.load("camvid")``."""
+"""Models that ship inside the package, addressable by name (``pspnet.load("camvid")``), and a sample frame."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pspnet.errors import PSPNetError
 from pspnet.model.pspnet import PSPNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"  # a CamVid val frame
 # name -> file under pspnet/weights (model cards sit beside them as NAME.md)
 BUNDLED: dict[str, str] = {
     "camvid": "camvid.safetensors",
