@@ -78,7 +78,8 @@ def per_sequence(model: PSPNet, cfg: dict, data_root: str, split: str) -> Sequen
     """Per-sequence metrics of ``model`` on ``split`` of the run's dataset (its sequence options included)."""
     ds = build_dataset(cfg["dataset"], data_root, split, eval_transforms(model.config["mean"], model.config["std"]),
                        **(cfg.get("dataset_options") or {}))
-    return evaluate_by_sequence(model, ds, model.num_classes, precision="fp32", class_names=model.class_names)
+    return evaluate_by_sequence(model, ds, model.num_classes, precision="fp32", progress=False,
+                                class_names=model.class_names)
 
 
 def sequence_rows(result: SequenceMetrics, label: str) -> str:
