@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from pspnet.data.transforms import RandomScale, eval_transforms, train_transforms
+from pspnet.data.transforms import Augment, RandomScale, eval_transforms, train_transforms
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LABELS = {0, 3, 7, 255}
@@ -38,7 +38,7 @@ def test_padding_is_ignore_for_masks_and_mean_for_images():
     image, mask = sample(10, 12)
     mask = tv_tensors.Mask(torch.zeros_like(mask))
     image = tv_tensors.Image(torch.stack([torch.full((10, 12), round(m * 255), dtype=torch.uint8) for m in MEAN]))
-    t = train_transforms((40, 48), MEAN, STD, scale=(1.0, 1.0), rotate=0, blur=False, flip=False)
+    t = train_transforms((40, 48), MEAN, STD, scale=(1.0, 1.0), rotate=0, augment=Augment(blur=0, hflip=0))
     out_image, out_mask = t(image, mask)
     assert out_mask.shape == (1, 40, 48)
     assert (out_mask == 255).sum() == 40 * 48 - 10 * 12 and (out_mask == 0).sum() == 10 * 12
@@ -50,7 +50,7 @@ def test_rotation_fills_corners_with_ignore():
     random.seed(1)
     image, mask = sample(40, 40)
     mask = tv_tensors.Mask(torch.zeros_like(mask))
-    t = train_transforms((40, 40), MEAN, STD, scale=(1.0, 1.0), rotate=30, blur=False, flip=False)
+    t = train_transforms((40, 40), MEAN, STD, scale=(1.0, 1.0), rotate=30, augment=Augment(blur=0, hflip=0))
     rotated = [t(image, mask)[1] for _ in range(4)]
     assert any((m == 255).any() for m in rotated)
     assert all(set(m.unique().tolist()) <= {0, 255} for m in rotated)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -381,3 +383,105 @@ def coco_stuff(root: str | Path, split: str = "train", transform: Callable | Non
     split = _split_name(split, {"train": "train2017", "val": "val2017"}, "COCO-Stuff")
     pairs = paired_files(root / "images" / split, root / "annotations" / split)
     return SegmentationDataset(pairs, 171, coco_stuff_lut(), COCO_STUFF_CLASSES, None, transform, root)
+
+
+# ---- splits by sequence ---------------------------------------------------------------------------------------------
+# Frames of one video drive look alike, so a validation set that shares a drive with training measures memory,
+# not generalisation. These helpers split by the sequence prefix of the file names (CamVid ``0006R0_f02430``,
+# ``Seq05VD_f00000``; Cityscapes ``aachen_000000_000019``) so whole drives are held out.
+
+SEQUENCE_PATTERN = r"^([^_]+)_"  # the text before the first underscore
+HOLDOUT_SPLIT = "holdout"
+
+
+def sequence_of(path: str | Path, pattern: str = SEQUENCE_PATTERN) -> str:
+    """The sequence a frame belongs to: the regex's first group (or whole match) searched in the file stem."""
+    stem = Path(path).stem
+    try:
+        match = re.search(pattern, stem)
+    except re.error as err:
+        raise PSPNetError(f"sequence_pattern {pattern!r} is not a valid regular expression ({err})") from err
+    if match is None:
+        raise PSPNetError(f"{path}: file name does not match sequence_pattern {pattern!r}; set sequence_pattern "
+                          "to a regex whose first group is the sequence (e.g. '^([^_]+)_')")
+    return match.group(1) if match.re.groups else match.group(0)
+
+
+def group_by_sequence(dataset: SegmentationDataset, pattern: str = SEQUENCE_PATTERN) -> dict[str, list[int]]:
+    """Sequence name -> indices of its frames in ``dataset`` (names sorted, frames in dataset order)."""
+    groups: dict[str, list[int]] = {}
+    for i, (image, _) in enumerate(dataset.pairs):
+        groups.setdefault(sequence_of(image, pattern), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def with_pairs(dataset: SegmentationDataset, pairs: Sequence[tuple[Path, Path | None]]) -> SegmentationDataset:
+    """A copy of ``dataset`` (classes, label table, transform) over other pairs; empty is an error."""
+    if not pairs:
+        report("empty", dataset.root or "dataset", "no image/mask pairs left after the sequence selection")
+    out = copy.copy(dataset)
+    out.pairs = list(pairs)
+    return out
+
+
+def select_sequences(dataset: SegmentationDataset, keep: Sequence[str] | None = None, drop: Sequence[str] = (),
+                     pattern: str = SEQUENCE_PATTERN) -> SegmentationDataset:
+    """The frames of ``dataset`` whose sequence is in ``keep`` (all when None) and not in ``drop``."""
+    groups = group_by_sequence(dataset, pattern)
+    unknown = sorted(set(keep or ()) - set(groups))
+    if unknown:
+        raise PSPNetError(f"{dataset.root}: sequences {unknown} are not in this split; it has "
+                          f"{', '.join(f'{s} ({len(i)})' for s, i in groups.items())}")
+    chosen = sorted(i for s, idx in groups.items() if (keep is None or s in keep) and s not in drop for i in idx)
+    return with_pairs(dataset, [dataset.pairs[i] for i in chosen])
+
+
+def merge(datasets: Sequence[SegmentationDataset]) -> SegmentationDataset:
+    """One dataset over the pairs of several splits of the same layout (``train+val``); duplicates once."""
+    first = datasets[0]
+    for d in datasets[1:]:
+        if d.num_classes != first.num_classes or d.class_names != first.class_names:
+            raise PSPNetError(f"{d.root}: cannot merge splits with different classes")
+    pairs = list(dict.fromkeys(p for d in datasets for p in d.pairs))
+    return with_pairs(first, pairs)
+
+
+def build_split(builder: Callable[[str], SegmentationDataset], split: str,
+                holdout_sequences: Sequence[str] | None = None, holdout_from: str = "train",
+                sequence_pattern: str = SEQUENCE_PATTERN) -> SegmentationDataset:
+    """A split spec over one layout: ``train``, ``train+val`` (merged), or ``holdout``.
+
+    With ``holdout_sequences`` every split loses the frames of those sequences, so training never sees a
+    held-out drive, and the split named ``holdout`` is exactly those frames, taken from ``holdout_from``
+    (itself a spec such as ``train+val``). One ``dataset_options`` dict therefore gives the trainer
+    train-minus-held-out for ``train_split`` and the held-out drives for ``val_split: holdout``.
+    """
+    def base(spec: str) -> SegmentationDataset:
+        parts = [spec] if Path(spec).exists() else [s.strip() for s in spec.split("+")]  # a list file's path stays whole
+        if any(not s or s == HOLDOUT_SPLIT for s in parts):
+            raise PSPNetError(f"split {spec!r}: expected names joined by '+', e.g. 'train+val'")
+        datasets = [builder(s) for s in parts]
+        return datasets[0] if len(datasets) == 1 else merge(datasets)
+
+    if isinstance(holdout_sequences, str):
+        holdout_sequences = [holdout_sequences]
+    held = [str(s) for s in holdout_sequences or ()]
+    if split == HOLDOUT_SPLIT:
+        if not held:
+            raise PSPNetError(f"split {HOLDOUT_SPLIT!r} needs holdout_sequences (the sequences to validate on)")
+        return select_sequences(base(holdout_from), keep=held, pattern=sequence_pattern)
+    dataset = base(split)
+    return select_sequences(dataset, drop=held, pattern=sequence_pattern) if held else dataset
+
+
+def leave_one_sequence_out(dataset: SegmentationDataset, pattern: str = SEQUENCE_PATTERN
+                           ) -> list[tuple[str, SegmentationDataset, SegmentationDataset]]:
+    """The rotation of folds ``(sequence, every other sequence, that sequence)``, one per sequence.
+
+    As recipes: fold ``s`` is ``dataset_options: {holdout_sequences: [s]}`` with ``val_split: holdout``.
+    """
+    groups = group_by_sequence(dataset, pattern)
+    if len(groups) < 2:
+        raise PSPNetError(f"{dataset.root}: leave-one-sequence-out needs two or more sequences, found {list(groups)}")
+    return [(s, select_sequences(dataset, drop=[s], pattern=pattern), select_sequences(dataset, keep=[s], pattern=pattern))
+            for s in groups]

@@ -1,0 +1,47 @@
+"""The issue-13 protocol recipes: cross-sequence run, then the same schedule on train+val for the release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pspnet.data import build_dataset
+from pspnet.data.datasets import group_by_sequence
+from pspnet.data.transforms import Augment, train_transforms
+from pspnet.engine.train import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe(name: str) -> tuple[dict, TrainConfig, Augment]:
+    raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    rest = {k: v for k, v in raw.items() if k != "augment"}
+    return raw, TrainConfig.from_dict(rest), Augment.from_dict(raw.get("augment"))
+
+
+def test_xseq_recipe_holds_out_a_whole_drive():
+    raw, cfg, augment = recipe("camvid_lite0_xseq")
+    assert cfg.val_split == "holdout" and cfg.dataset_options["holdout_sequences"] == ["0006R0"]
+    assert augment.gamma and augment.jitter("brightness") > 0 and augment.noise > 0  # dusk/overcast light
+    assert train_transforms(cfg.crop_size, (0.5,) * 3, (0.5,) * 3, cfg.scale, cfg.rotate, augment)
+
+
+def test_release_recipe_repeats_the_xseq_schedule_on_all_frames():
+    xseq, _, xseq_augment = recipe("camvid_lite0_xseq")
+    release, cfg, augment = recipe("camvid_release")
+    assert cfg.train_split == "train+val" and cfg.val_split is None and not cfg.dataset_options
+    assert augment == xseq_augment
+    differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
+    assert differ == {"val_split", "dataset_options", "out_dir", "eval_every"}
+
+
+def test_recipes_on_the_real_data(camvid_root):
+    _, cfg, _ = recipe("camvid_lite0_xseq")
+    train = build_dataset(cfg.dataset, camvid_root, cfg.train_split, **cfg.dataset_options)
+    held = build_dataset(cfg.dataset, camvid_root, cfg.val_split, **cfg.dataset_options)
+    assert {s: len(i) for s, i in group_by_sequence(train).items()} == {"0001TP": 62, "0016E5": 305}
+    assert {s: len(i) for s, i in group_by_sequence(held).items()} == {"0006R0": 101}
+    _, release, _ = recipe("camvid_release")
+    assert len(build_dataset(release.dataset, camvid_root, release.train_split)) == 468

@@ -1,0 +1,164 @@
+"""Splits by sequence (whole drives held out, train+val merged) and per-sequence evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import Subset
+
+from pspnet.data import build_dataset
+from pspnet.data.datasets import group_by_sequence, leave_one_sequence_out, sequence_of
+from pspnet.data.transforms import eval_transforms
+from pspnet.engine.sequences import evaluate_by_sequence
+from pspnet.errors import PSPNetError
+
+H, W = 8, 12
+TRAIN = {"0001TP": 2, "0006R0": 3, "0016E5": 4}
+VAL = {"0016E5": 2}
+
+
+def write_pair(root: Path, split: str, name: str, red: bool) -> None:
+    """Left half class 1, right half class 0; the image is red over class 1 when ``red``, else black."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[:, : W // 2] = 1
+    mask[0] = 11  # void row
+    image = np.zeros((H, W, 3), np.uint8)
+    if red:
+        image[..., 0] = np.where(mask == 1, 255, 0)
+    for folder, arr in ((root / split, image), (root / f"{split}annot", mask)):
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(folder / f"{name}.png")
+
+
+@pytest.fixture(scope="module")
+def camvid_like(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("camvid")
+    for split, counts in (("train", TRAIN), ("val", VAL)):
+        for seq, n in counts.items():
+            for k in range(n):
+                write_pair(root, split, f"{seq}_{split}{k:05d}", red=seq != "0006R0")
+    return root
+
+
+def sequences(ds) -> dict[str, int]:
+    return {s: len(i) for s, i in group_by_sequence(ds).items()}
+
+
+def test_sequence_names_from_file_names():
+    assert sequence_of("x/0016E5_08059.png") == "0016E5"
+    assert sequence_of("Seq05VD_f00000.png") == "Seq05VD"
+    assert sequence_of("aachen_000000_000019_leftImg8bit.png") == "aachen"
+    assert sequence_of("scan-12-slice003.png", r"^scan-\d+") == "scan-12"  # no group: the whole match
+    with pytest.raises(PSPNetError, match="does not match sequence_pattern"):
+        sequence_of("frame1.png")
+    with pytest.raises(PSPNetError, match="not a valid regular expression"):
+        sequence_of("a_b.png", "(")
+
+
+def test_holdout_splits_never_share_a_drive(camvid_like):
+    options = {"holdout_sequences": ["0006R0"]}
+    train = build_dataset("camvid", camvid_like, "train", **options)
+    held = build_dataset("camvid", camvid_like, "holdout", **options)
+    assert sequences(train) == {"0001TP": 2, "0016E5": 4}
+    assert sequences(held) == {"0006R0": 3}
+    assert not {p for p, _ in train.pairs} & {p for p, _ in held.pairs}
+    assert held.num_classes == 11 and held.class_names == train.class_names
+
+
+def test_train_plus_val_merges_and_holds_out_from_both(camvid_like):
+    both = build_dataset("camvid", camvid_like, "train+val")
+    assert sequences(both) == {"0001TP": 2, "0006R0": 3, "0016E5": 6}
+    options = {"holdout_sequences": "0016E5", "holdout_from": "train+val"}
+    assert sequences(build_dataset("camvid", camvid_like, "train+val", **options)) == {"0001TP": 2, "0006R0": 3}
+    assert sequences(build_dataset("camvid", camvid_like, "holdout", **options)) == {"0016E5": 6}
+
+
+def test_bad_sequence_options_name_the_problem(camvid_like):
+    with pytest.raises(PSPNetError, match=r"sequences \['Seq05VD'\] are not in this split; it has 0001TP \(2\)"):
+        build_dataset("camvid", camvid_like, "holdout", holdout_sequences=["Seq05VD"])
+    with pytest.raises(PSPNetError, match="needs holdout_sequences"):
+        build_dataset("camvid", camvid_like, "holdout")
+    with pytest.raises(PSPNetError, match="no image/mask pairs left"):
+        build_dataset("camvid", camvid_like, "val", holdout_sequences=["0016E5"])
+    with pytest.raises(PSPNetError, match="takes no options"):
+        build_dataset("camvid", camvid_like, "val", holdout_sequences=["0016E5"], num_classes=3)
+
+
+def test_leave_one_sequence_out_rotates_every_drive(camvid_like):
+    folds = leave_one_sequence_out(build_dataset("camvid", camvid_like, "train"))
+    assert [s for s, _, _ in folds] == ["0001TP", "0006R0", "0016E5"]
+    for s, kept, held in folds:
+        assert sequences(held) == {s: TRAIN[s]} and s not in sequences(kept)
+        assert len(kept) + len(held) == sum(TRAIN.values())
+
+
+class RedIsOne(torch.nn.Module):
+    """Predicts class 1 where the (normalised) red channel is high, class 0 elsewhere, of 11 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 11, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.fill_(-100.0)
+            self.conv.bias[:2] = 0
+            self.conv.weight[0, 0] = -10.0
+            self.conv.weight[1, 0] = 10.0
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_per_sequence_metrics(camvid_like):
+    ds = build_dataset("camvid", camvid_like, "train", eval_transforms((0.5,) * 3, (0.5,) * 3))
+    result = evaluate_by_sequence(RedIsOne(), ds, 11, progress=False)
+    assert result.frames == TRAIN
+    assert result.sequences["0001TP"].miou == pytest.approx(1.0)  # red over class 1: all right
+    dark = result.sequences["0006R0"]  # black frames: everything predicted 0
+    assert dark.iou[0] == pytest.approx(0.5) and dark.iou[1] == 0.0 and dark.miou == pytest.approx(0.25)
+    total = sum(np.asarray(m.confusion_matrix) for m in result.sequences.values())
+    assert np.array_equal(np.asarray(result.overall.confusion_matrix), total)
+    assert result.overall.iou[2] is None  # absent classes stay out of the mean
+    table = result.table()
+    assert "0006R0" in table and " 25.00 " in table and table.splitlines()[-1].startswith("overall")
+    report = json.loads(json.dumps(result.to_dict()))
+    assert report["sequences"]["0006R0"]["frames"] == 3 and report["miou"] == result.overall.miou
+    limited = evaluate_by_sequence(RedIsOne(), Subset(ds, range(3)), 11, progress=False)
+    assert limited.frames == {"0001TP": 2, "0006R0": 1}
+
+
+def test_trainer_validates_on_the_held_out_drive(tmp_path):
+    """The current trainer takes the options as they are: dataset_options + val_split: holdout."""
+    from pspnet.engine.train import TrainConfig, train
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for seq in ("driveA", "driveB"):
+        for k in range(2):
+            mask = np.repeat(rng.integers(0, 2, (1, 4)), 8, axis=1).repeat(32, 0).astype(np.uint8)
+            image = np.stack([mask * 200, 255 - mask * 200, mask * 0], -1).astype(np.uint8)
+            for sub, arr in (("images", image), ("masks", mask)):
+                (root / sub / "train").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(root / sub / "train" / f"{seq}_{k}.png")
+    (root / "dataset.yaml").write_text("classes: [a, b]\n")
+    cfg = TrainConfig.from_dict(dict(
+        dataset="folder", data_root=str(root), dataset_options={"holdout_sequences": ["driveB"]},
+        train_split="train", val_split="holdout", model="pspnet_test_efficientnet",
+        model_kwargs={"head_channels": 16, "aux_channels": 8, "output_stride": 8}, pretrained_backbone=False,
+        out_dir=str(tmp_path / "run"), crop_size=[32, 32], batch_size=2, iterations=2, precision="fp32",
+        device="cpu", workers=0, eval_every=2, checkpoint_every=2, log_every=1, tensorboard=False))
+    result = train(cfg, progress=False)
+    assert 0 <= result["best_miou"] <= 1 and (tmp_path / "run" / "best_metrics.json").is_file()
+
+
+def test_real_camvid_sequence_inventory(camvid_root):
+    assert sequences(build_dataset("camvid", camvid_root, "train")) == {"0001TP": 62, "0006R0": 101, "0016E5": 204}
+    assert sequences(build_dataset("camvid", camvid_root, "val")) == {"0016E5": 101}
+    options = {"holdout_sequences": ["0006R0"], "holdout_from": "train+val"}
+    assert len(build_dataset("camvid", camvid_root, "train+val", **options)) == 367
+    assert len(build_dataset("camvid", camvid_root, "holdout", **options)) == 101
