@@ -106,24 +106,6 @@ def main() -> None:
     args = parser.parse_args()
     weights_dir, docs = args.weights_dir, args.docs_dir
 
-<<<<<<< HEAD
-    run_dir = args.run_dirs[-1]
-    model = PSPNet.from_pretrained(run_dir / "best.safetensors", aux=False).eval()
-    best = json.loads((run_dir / "best_metrics.json").read_text())
-    # One history across the stages, each stage's iterations continuing where the previous one's best ended.
-    stages, history, offset, train_seconds = [], [], 0, 0.0
-    for d in args.run_dirs:
-        ckpt = load_checkpoint(d / "last.pt")
-        stage_best = json.loads((d / "best_metrics.json").read_text())["iteration"]
-        stages.append((d, ckpt["train_config"], offset, stage_best))
-        train_seconds += sum(h["sec_per_iter"] * ckpt["train_config"]["log_every"]
-                             for h in ckpt["history"] if "sec_per_iter" in h)
-        last_stage = d == args.run_dirs[-1]  # earlier stages count only up to the weights the next one took
-        history += [{**h, "iteration": h["iteration"] + offset} for h in ckpt["history"]
-                    if last_stage or h["iteration"] <= stage_best]
-        offset += stage_best
-    cfg = stages[0][1]
-=======
     if args.train:
         train_run(CONFIGS["xseq"], args.xseq_run, args.data_root)
         train_run(CONFIGS["release"], args.release_run, args.data_root)
@@ -137,7 +119,6 @@ def main() -> None:
     for run, ckpt in ((args.xseq_run, xseq_ckpt), (args.release_run, release_ckpt)):
         if ckpt["iteration"] < ckpt["train_config"]["iterations"]:
             raise SystemExit(f"{run} stopped before the end of its schedule: finish it (--train resumes it)")
->>>>>>> camvid
 
     # 1. the cross-sequence number: the xseq weights at the end of the schedule, on the drives it never saw
     xseq_model = PSPNet.from_pretrained(args.xseq_run / "last.safetensors", aux=False).eval()
