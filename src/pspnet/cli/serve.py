@@ -32,8 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="largest image in pixels (default 16 MP)")
     p.add_argument("--max-inflight-pixels", type=int,
                    help="pixels of all images being handled at once; beyond this: 503 (default 5x --max-pixels)")
+    p.add_argument("--max-inflight-bytes", type=int,
+                   help="bytes of all request bodies being handled at once; beyond this: 503 (default 4x --max-bytes)")
     p.add_argument("--work-pixels", type=int,
-                   help="larger images are downscaled to this many pixels for the model (default 1 MP / max scale^2)")
+                   help="larger images are downscaled to this many pixels for the model (default 0.5 MP / max scale^2)")
     p.add_argument("--max-connections", type=int, default=256,
                    help="open connections; more are closed on accept (default 256)")
     p.add_argument("--header-timeout", type=float, default=10.0,
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                           scales=args.scales, flip=args.flip, backend=args.backend, batch_size=args.batch_size)
     app = create_app(segmenter, max_queue=args.max_queue, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,
                      max_bytes=args.max_bytes, max_pixels=args.max_pixels,
-                     max_inflight_pixels=args.max_inflight_pixels, work_pixels=args.work_pixels,
+                     max_inflight_pixels=args.max_inflight_pixels, max_inflight_bytes=args.max_inflight_bytes,
+                     work_pixels=args.work_pixels,
                      body_timeout=args.body_timeout, model_name=str(args.model))
     run_server(app, host=args.host, port=args.port, max_connections=args.max_connections,
                header_timeout=args.header_timeout, keep_alive=args.keep_alive, log_level=args.log_level)

@@ -7,8 +7,9 @@ wherever GET is.
 One model instance serves every request: a ``MicroBatcher`` groups concurrent requests into
 batches and runs them in one worker thread. Memory is bounded by design, not by luck:
 
-- body bytes: ``max_bytes`` (413, from Content-Length and again while reading), read within
-  ``body_timeout`` seconds (408), so a stalled upload cannot hold its buffer;
+- body bytes: ``max_bytes`` per request (413, from Content-Length and again while reading) and
+  ``max_inflight_bytes`` over all requests (503), read within ``body_timeout`` seconds (408), so
+  stalled uploads cannot hold their buffers;
 - pixels: ``max_pixels`` per image (413, from the header before decoding) and ``max_inflight_pixels``
   over all images being handled (503 with Retry-After), since a request's memory grows with its pixels;
 - the model sees at most ``work_pixels`` per image (scaled by the largest test scale): larger images
@@ -35,7 +36,7 @@ from PIL import Image
 from pspnet.data.io import FORMATS_TEXT, ImageTooLarge, decode_rgb, open_image
 from pspnet.errors import PSPNetError
 from pspnet.inference.visualize import label_png, overlay
-from pspnet.serve.admission import OverBudget, PixelBudget
+from pspnet.serve.admission import Budget, OverBudget, byte_budget, pixel_budget
 from pspnet.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from pspnet.serve.metrics import ServerMetrics
 
@@ -55,7 +56,11 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 16_000_000  # 4000x4000; decoding one takes 64 MB (Pillow keeps RGB in 4 bytes a pixel)
-DEFAULT_WORK_PIXELS = 1_000_000  # what the model sees at scale 1: ~2x a 960x720 CamVid frame
+# What the model sees at scale 1: 3x the 480x360 frames the bundled model was trained on, and one
+# forward pass of it takes as long as a batch of three such frames, which bounds how long a small
+# request can wait behind a large one.
+DEFAULT_WORK_PIXELS = 500_000
+DEFAULT_MAX_BATCH_PIXELS = 700_000  # four 480x360 frames share a pass; two work-size images do not
 DEFAULT_BODY_TIMEOUT = 60.0
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request"; recorded in /metrics, never sent
 ACCEPTED = f"{FORMATS_TEXT} (any mode: grey, RGBA, palette, 16-bit become 8-bit RGB; EXIF orientation applied)"
@@ -89,8 +94,9 @@ class _Guard:
     """ASGI middleware: request metrics, HEAD as GET without a body, the body size limit and read
     deadline before the endpoint sees a byte, and client disconnects logged in one line."""
 
-    def __init__(self, app: Any, metrics: ServerMetrics, max_bytes: int, body_timeout: float):
+    def __init__(self, app: Any, metrics: ServerMetrics, max_bytes: int, body_timeout: float, bodies: Budget):
         self.app, self.metrics, self.max_bytes, self.body_timeout = app, metrics, max_bytes, body_timeout
+        self.bodies = bodies
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -101,7 +107,7 @@ class _Guard:
         deadline = loop.time() + self.body_timeout
         method = scope.get("method", "")
         status = 500
-        received = 0
+        received = held = 0  # body bytes read; of them, held in the byte budget until the response
         body_done = False
 
         async def send_tracked(message: dict) -> None:
@@ -113,7 +119,7 @@ class _Guard:
             await send(message)
 
         async def receive_limited() -> dict:
-            nonlocal received, body_done
+            nonlocal received, held, body_done
             if body_done:  # only the disconnect notice is left to wait for: no deadline
                 return await receive()
             try:
@@ -121,9 +127,15 @@ class _Guard:
             except asyncio.TimeoutError:
                 raise BodyTimeout(self.body_timeout) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                received += chunk
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                try:
+                    self.bodies.acquire(chunk)
+                except OverBudget as err:
+                    raise HTTPException(503, str(err), headers={"Retry-After": "1", "Connection": "close"}) from None
+                held += chunk
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True
@@ -139,14 +151,18 @@ class _Guard:
                 early = (400, f"invalid Content-Length header {length.decode(errors='replace')!r}")
             elif length is not None and int(length) > self.max_bytes:
                 early = (413, BodyTooLarge(self.max_bytes).detail)
+            elif length is not None and self.bodies.used + int(length) > self.bodies.capacity:
+                early = (503, f"server busy: {self.bodies.used / 2**20:.1f} MiB of request bodies in flight")
             if early is not None:  # answer without reading the body at all
-                await JSONResponse({"detail": early[1]}, early[0])(scope, receive, send_tracked)
+                headers = {"Retry-After": "1"} if early[0] == 503 else None
+                await JSONResponse({"detail": early[1]}, early[0], headers=headers)(scope, receive, send_tracked)
                 return
             await self.app(scope, receive_limited, send_tracked)
         except ClientDisconnect:
             status = CLIENT_CLOSED
             log_disconnect(scope, start, "while sending the request")
         finally:
+            self.bodies.release(held)
             self.metrics.in_flight -= 1
             self.metrics.record(scope.get("path", ""), method, status, time.perf_counter() - start)
 
@@ -250,7 +266,8 @@ SEGMENT_BODY = {
 
 def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int | None = None,
                max_wait_ms: float = 5.0, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_inflight_pixels: int | None = None, work_pixels: int | None = None,
+               max_inflight_pixels: int | None = None, max_inflight_bytes: int | None = None,
+               work_pixels: int | None = None,
                max_batch_pixels: int | None = None, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                model_name: str | None = None) -> FastAPI:
     """A FastAPI app serving one ``segmenter`` (a ``pspnet.Segmenter`` or anything with ``predict_batch``).
@@ -259,18 +276,21 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
     collected for up to ``max_wait_ms``; ``max_queue`` requests may wait before new ones get 503.
     Bodies above ``max_bytes`` and images above ``max_pixels`` get 413, bodies slower than
     ``body_timeout`` seconds 408; beyond ``max_inflight_pixels`` (default: five maximum-size images)
-    requests get 503. The model sees at most ``work_pixels`` per image (default 1 MP divided by the
-    square of the largest test scale) and ``max_batch_pixels`` per batch (default ``work_pixels``).
+    requests get 503, and so they do beyond ``max_inflight_bytes`` of bodies (default 4 * ``max_bytes``;
+    a body is held until its response). The model sees at most ``work_pixels`` per image (default 0.5 MP) and
+    ``max_batch_pixels`` per batch (default 0.7 MP), both divided by the square of the largest test scale.
     """
     mode = getattr(segmenter, "mode", "whole")
     scales = tuple(getattr(segmenter, "scales", (1.0,)))
     work_pixels = work_pixels or int(DEFAULT_WORK_PIXELS / max(scales) ** 2)
-    max_batch_pixels = max_batch_pixels or work_pixels
+    max_batch_pixels = max_batch_pixels or max(work_pixels, int(DEFAULT_MAX_BATCH_PIXELS / max(scales) ** 2))
     max_inflight_pixels = max_inflight_pixels or 5 * max_pixels
     for key, value in (("max_pixels", max_pixels), ("work_pixels", work_pixels), ("max_bytes", max_bytes),
                        ("max_inflight_pixels", max_inflight_pixels), ("max_batch_pixels", max_batch_pixels)):
         if value < 1:
             raise PSPNetError(f"{key} must be at least 1, got {value}")
+    if max_inflight_bytes is not None and max_inflight_bytes < max_bytes:
+        raise PSPNetError(f"max_inflight_bytes ({max_inflight_bytes}) must be at least max_bytes ({max_bytes})")
     if max_inflight_pixels < max_pixels:
         raise PSPNetError(f"max_inflight_pixels ({max_inflight_pixels}) must be at least max_pixels ({max_pixels}), "
                           "or the largest allowed image could never be admitted")
@@ -279,7 +299,8 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
     max_batch = max_batch or int(getattr(segmenter, "batch_size", 4))
     batcher = MicroBatcher(segmenter.predict_batch, max_batch=max_batch, max_wait=max_wait_ms / 1000,
                            max_queue=max_queue, max_batch_cost=max_batch_pixels)
-    admission = PixelBudget(max_inflight_pixels)
+    admission = pixel_budget(max_inflight_pixels)
+    bodies = byte_budget(max_inflight_bytes or 4 * max_bytes)
     metrics = ServerMetrics()
     names, palette, num_classes = list(segmenter.class_names), list(segmenter.palette), int(segmenter.num_classes)
 
@@ -293,8 +314,8 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
                   description="Semantic segmentation with PSPNet. Upload an image to `POST /v1/segment`; "
                               "the web page at `/` does the same interactively.")
     app.state.segmenter, app.state.batcher, app.state.metrics = segmenter, batcher, metrics
-    app.state.admission = admission
-    app.add_middleware(_Guard, metrics=metrics, max_bytes=max_bytes, body_timeout=body_timeout)
+    app.state.admission, app.state.bodies = admission, bodies
+    app.add_middleware(_Guard, metrics=metrics, max_bytes=max_bytes, body_timeout=body_timeout, bodies=bodies)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     model_info = {
@@ -320,7 +341,8 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
                    "json": "class names, colours, pixel fractions, base64 PNGs of the labels (original size) "
                            "and the overlay (at most work_pixels)"},
         "batching": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
-                     "max_batch_pixels": max_batch_pixels, "max_inflight_pixels": max_inflight_pixels},
+                     "max_batch_pixels": max_batch_pixels, "max_inflight_pixels": max_inflight_pixels,
+                     "max_inflight_bytes": bodies.capacity},
     }
 
     @app.post("/v1/segment", openapi_extra={"requestBody": SEGMENT_BODY}, summary="Segment one image",
@@ -404,7 +426,8 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(batcher, admission), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(metrics.render(batcher, admission, bodies),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     async def index() -> FileResponse:

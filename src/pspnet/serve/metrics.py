@@ -11,7 +11,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pspnet.serve.admission import PixelBudget
+    from pspnet.serve.admission import Budget
     from pspnet.serve.batcher import MicroBatcher
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -79,7 +79,8 @@ class ServerMetrics:
         self.requests[key] = self.requests.get(key, 0) + 1
         self.latency.setdefault(route, Histogram()).observe(seconds)
 
-    def render(self, batcher: "MicroBatcher | None" = None, admission: "PixelBudget | None" = None) -> str:
+    def render(self, batcher: "MicroBatcher | None" = None, pixels: "Budget | None" = None,
+               bodies: "Budget | None" = None) -> str:
         lines = [
             "# HELP pspnet_http_requests_total HTTP requests by route, method and status code.",
             "# TYPE pspnet_http_requests_total counter",
@@ -112,12 +113,19 @@ class ServerMetrics:
                 "# HELP pspnet_cancelled_total Queued images dropped because their client disconnected.",
                 "# TYPE pspnet_cancelled_total counter", f"pspnet_cancelled_total {batcher.cancelled}",
             ]
-        if admission is not None:
+        if pixels is not None:
             lines += [
                 "# HELP pspnet_pixels_in_flight Pixels of the images admitted and not yet answered.",
-                "# TYPE pspnet_pixels_in_flight gauge", f"pspnet_pixels_in_flight {admission.used}",
+                "# TYPE pspnet_pixels_in_flight gauge", f"pspnet_pixels_in_flight {pixels.used}",
                 "# HELP pspnet_pixels_budget Bound of pspnet_pixels_in_flight; beyond it requests get 503.",
-                "# TYPE pspnet_pixels_budget gauge", f"pspnet_pixels_budget {admission.budget}",
+                "# TYPE pspnet_pixels_budget gauge", f"pspnet_pixels_budget {pixels.capacity}",
+            ]
+        if bodies is not None:
+            lines += [
+                "# HELP pspnet_body_bytes_in_flight Request body bytes admitted and not yet released.",
+                "# TYPE pspnet_body_bytes_in_flight gauge", f"pspnet_body_bytes_in_flight {bodies.used}",
+                "# HELP pspnet_body_bytes_budget Bound of pspnet_body_bytes_in_flight; beyond it requests get 503.",
+                "# TYPE pspnet_body_bytes_budget gauge", f"pspnet_body_bytes_budget {bodies.capacity}",
             ]
         lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}",
