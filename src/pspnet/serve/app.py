@@ -298,7 +298,7 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
         raise PSPNetError(f"body_timeout must be positive, got {body_timeout}")
     max_batch = max_batch or int(getattr(segmenter, "batch_size", 4))
     batcher = MicroBatcher(segmenter.predict_batch, max_batch=max_batch, max_wait=max_wait_ms / 1000,
-                           max_queue=max_queue, max_batch_cost=max_batch_pixels)
+                           max_queue=max_queue, max_batch_cost=max_batch_pixels, group=lambda image: image.size)
     admission = pixel_budget(max_inflight_pixels)
     bodies = byte_budget(max_inflight_bytes or 4 * max_bytes)
     metrics = ServerMetrics()

@@ -20,7 +20,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 # Assumed model throughput before the first batch has been timed (pixels per second).
 INITIAL_PIXELS_PER_SECOND = 1_000_000.0
@@ -54,16 +54,19 @@ class MicroBatcher:
     ``fn`` always runs in the same single worker thread: one model instance is never used by two
     threads at once, and a slow forward pass never blocks the event loop. ``max_batch_cost`` bounds
     the summed cost (pixels) of one batch, so equal-sized large images do not share a forward pass
-    whose activations would be several times larger than one image's.
+    whose activations would be several times larger than one image's. Only items with the same
+    ``group(item)`` share a batch (the server groups by image size: a small image batched with a
+    large one would gain nothing and wait for the large one's forward pass).
     """
 
     def __init__(self, fn: Callable[[Sequence[Any]], Sequence[Any]], max_batch: int = 4, max_wait: float = 0.005,
-                 max_queue: int = 64, max_batch_cost: float = math.inf):
+                 max_queue: int = 64, max_batch_cost: float = math.inf,
+                 group: Callable[[Any], Hashable] = lambda item: None):
         if max_batch < 1 or max_queue < 1 or max_batch_cost <= 0:
             raise ValueError("max_batch, max_queue and max_batch_cost must be positive")
         self.fn = fn
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
-        self.max_batch_cost = max_batch_cost
+        self.max_batch_cost, self.group = max_batch_cost, group
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._arrived: asyncio.Event | None = None
@@ -160,14 +163,16 @@ class MicroBatcher:
             self._arrived.clear()
             await self._arrived.wait()
             first = self._pop_live()
-        batch, cost = [first], first.cost
+        batch, cost, key = [first], first.cost, self.group(first.item)
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_batch:
-            job = self._pop_live()
-            if job is not None:
+            fits = [job for job in self._heap if not job.future.done() and self.group(job.item) == key]
+            if fits:
+                job = min(fits)
                 if cost + job.cost > self.max_batch_cost:
-                    heapq.heappush(self._heap, job)  # runs in a later batch
-                    break
+                    break  # runs in a later batch
+                self._heap.remove(job)
+                heapq.heapify(self._heap)
                 batch.append(job)
                 cost += job.cost
                 continue
