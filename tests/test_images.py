@@ -66,11 +66,12 @@ def test_every_documented_format_decodes(tmp_path):
         assert out.mode == "RGB" and out.size == (24, 16), fmt
 
 
-@pytest.mark.parametrize("fmt", ["DDS", "TGA", "PCX", "ICO", "SGI", "IM", "QOI"])
+@pytest.mark.parametrize("fmt", ["DDS", "TGA", "PCX", "ICO", "SGI", "QOI"])
 def test_formats_outside_the_allowlist_are_refused_before_decoding(tmp_path, fmt):
     path = tmp_path / f"x.{fmt.lower()}"
     asymmetric(16, 24).save(path, fmt)
-    with pytest.raises(PSPNetError, match=r"x\.\w+: not an image in an accepted format \(JPEG, PNG"):
+    with pytest.raises(PSPNetError, match=r"x\.\w+: not an image file PIL can decode as one of the accepted "
+                                          r"formats \(JPEG, PNG"):
         read_image(path)
 
 
@@ -85,11 +86,11 @@ def test_decoder_failures_name_the_file(tmp_path, monkeypatch):
     bomb = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000)) \
         + _png_chunk(b"IEND", b"")
     cases = {
-        "truncated.png": (png[: len(png) // 2], "corrupt or truncated PNG"),
+        "truncated.png": (png[: len(png) // 2], "corrupt or truncated image \\(PNG"),
         "bomb.png": (bomb, "too many pixels"),
         "bad_crc.png": (huge_header, "bad_crc.png"),
-        "fake.dds": (b"DDS |" + bytes(200), "not an image in an accepted format"),
-        "text.jpg": (b"hello", "not an image in an accepted format"),
+        "fake.dds": (b"DDS |" + bytes(200), "one of the accepted formats"),
+        "text.jpg": (b"hello", "one of the accepted formats"),
         "empty.png": (b"", "empty"),
     }
     for name, (data, message) in cases.items():

@@ -101,7 +101,7 @@ def test_exif_orientation_is_applied_and_other_formats_refused():
         assert (labels[:15] == 0).all() and (labels[-15:] == 2).all()  # the left third is now on top
         for fmt in ("DDS", "TGA", "PCX", "ICO"):
             r = client.post("/v1/segment", content=encode(thirds(24, 30), fmt))
-            assert r.status_code == 400 and "accepted format" in r.json()["detail"], (fmt, r.text)
+            assert r.status_code == 400 and "accepted formats" in r.json()["detail"], (fmt, r.text)
             assert "JPEG, PNG" in r.json()["detail"]
     assert stub.seen == [(30, 60)]
 
@@ -377,7 +377,7 @@ def _closed_by_peer(sock: socket.socket, within: float) -> bool:
         return sock.recv(1024) == b""
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

@@ -56,7 +56,8 @@ def open_image(source: str | Path | bytes, decode: bool = True, *, name: str | N
     except PermissionError as err:
         raise PSPNetError(f"{label}: cannot read the file (permission denied)") from err
     except UnidentifiedImageError as err:
-        raise PSPNetError(f"{label}: not an image in an accepted format ({FORMATS_TEXT})") from err
+        raise PSPNetError(f"{label}: not an image file PIL can decode as one of the accepted formats "
+                          f"({FORMATS_TEXT})") from err
     except Image.DecompressionBombError as err:  # a small file that would decode to gigabytes
         raise PSPNetError(f"{label}: refused, too many pixels to decode safely ({err})") from err
     except Exception as err:  # noqa: BLE001 - a malformed header can raise anything inside a plugin
@@ -76,8 +77,8 @@ def load_image(img: Image.Image, name: str) -> Image.Image:
         img.load()
         ImageOps.exif_transpose(img, in_place=True)
     except Exception as err:  # noqa: BLE001 - truncated data, malformed EXIF, plugin bugs: all the file's fault
-        fmt = f"{img.format} " if img.format else ""
-        raise PSPNetError(f"{name}: corrupt or truncated {fmt}image ({type(err).__name__}: {err})") from err
+        fmt = f"{img.format}: " if img.format else ""
+        raise PSPNetError(f"{name}: corrupt or truncated image ({fmt}{type(err).__name__}: {err})") from err
     return img
 
 

@@ -329,8 +329,8 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
         "input": {
             "formats": ACCEPTED,
             "upload": "multipart field 'image', or the raw image bytes as the body",
-            "resolution": f"any up to max_pixels; above work_pixels the model sees the image downscaled to "
-                          f"work_pixels; labels come back at the original resolution",
+            "resolution": "any up to max_pixels; above work_pixels the model sees the image downscaled to "
+                          "work_pixels; labels come back at the original resolution",
             "mode": mode, "crop": getattr(segmenter, "crop", None), "scales": list(scales),
             "flip": bool(getattr(segmenter, "flip", False)),
             "mean": _floats(getattr(segmenter, "mean", None)), "std": _floats(getattr(segmenter, "std", None)),

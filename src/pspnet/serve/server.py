@@ -68,7 +68,7 @@ class BoundedH11Protocol(H11Protocol):
 
 
 def _addr(client: Any) -> str:
-    return "%s:%s" % client if client else "?"
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 def raise_fd_limit() -> int:
