@@ -369,7 +369,7 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
         except ImageTooLarge as err:
             raise HTTPException(413, str(err)) from None
         except PSPNetError as err:
-            raise HTTPException(400, f"{err}; accepted: {ACCEPTED}") from None
+            raise HTTPException(400, str(err)) from None
         del data
         pixels = header.width * header.height
         try:
