@@ -416,3 +416,14 @@ def test_header_deadline_connection_cap_and_one_line_disconnects(stub_server):
     left = [line for line in log.splitlines() if "disconnected" in line]
     assert len(left) == 1 and "while sending the request: POST /v1/segment" in left[0], log
     assert "no complete request headers within 0.5 s" in log and "connections open (limit 8)" in log
+
+
+def test_slide_mode_has_the_same_pixel_limit_and_multi_scale_a_smaller_work_size():
+    slide = Stub()
+    slide.mode, slide.scales = "slide", (0.5, 1.0, 2.0)
+    with TestClient(create_app(slide)) as client:
+        info = client.get("/v1/model").json()
+        assert info["input"]["max_pixels"] == 16_000_000  # was 100 MP in slide mode: 4.7 GB for one upload
+        assert info["input"]["work_pixels"] == 125_000  # 0.5 MP / 2**2: the 2x scale's pass stays 0.5 MP
+        r = client.post("/v1/segment", content=encode(np.zeros((4001, 4000), np.uint8)))
+        assert r.status_code == 413 and "4000x4001" in r.json()["detail"]
