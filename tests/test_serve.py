@@ -29,7 +29,7 @@ SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
 
 
 class FakeSegmenter:
-    """Class = brightness third (dark/mid/bright). ``gate`` holds every batch until set; width 15 fails."""
+    """Class = brightness third (dark/mid/bright). ``gate`` holds every batch until set; a red top-left pixel fails."""
 
     class_names = ["dark", "mid", "bright"]
     palette = [[0, 0, 0], [200, 0, 0], [0, 200, 0]]
@@ -45,8 +45,8 @@ class FakeSegmenter:
         self.batches.append(len(images))
         if self.gate is not None:
             assert self.gate.wait(30), "test gate never opened"
-        if any(im.width == 15 for im in images):
-            raise PSPNetError("images 15 pixels wide are not allowed (test poison)")
+        if any(im.getpixel((0, 0)) == (255, 0, 0) for im in images):
+            raise PSPNetError("images with a red corner are not allowed (test poison)")
         return [(np.asarray(im.convert("L")) // 86).astype(np.uint8) for im in images]
 
 
@@ -198,10 +198,11 @@ def test_concurrent_requests_share_a_batch_and_failures_stay_isolated():
     app = create_app(fake, max_queue=16, max_batch=4, max_wait_ms=50)
     with TestClient(app) as client:
         statuses: dict[int, int] = {}
-        widths = [30, 30, 30, 15, 30]  # request 3 is poison for the fake model
+        images = [gradient() for _ in range(5)]
+        images[3][0, 0] = (255, 0, 0)  # request 3 is poison for the fake model (same size: same batch)
 
         def post(i: int) -> None:
-            statuses[i] = client.post("/v1/segment", content=encode(gradient(24, widths[i]))).status_code
+            statuses[i] = client.post("/v1/segment", content=encode(images[i])).status_code
 
         threads = [threading.Thread(target=post, args=(i,)) for i in range(5)]
         threads[0].start()

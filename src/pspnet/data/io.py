@@ -1,61 +1,120 @@
-"""Reading images and masks with errors that name the file and the problem."""
+"""Reading images and masks: one decoder for the CLI, the Python API, the server and the datasets.
+
+Only the documented formats are decoded (``FORMATS``: a DDS, TGA, PCX or EPS file is refused before
+any Pillow plugin parses it), EXIF orientation is applied so labels match what a viewer shows, and
+every way decoding can fail (missing, unreadable, truncated, malformed, decompression bomb) is a
+``PSPNetError`` naming the file and the problem: one line and exit 2 in the CLI, a 400 in the server.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pspnet.errors import PSPNetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+# Pillow format ids tried, in this order (the JPEG opener also reads the multi-picture JPEGs phones write).
+FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP, GIF, PPM"
 
 
-def open_image(path: str | Path, decode: bool = True) -> Image.Image:
-    """Open an image, decoding every pixel unless ``decode`` is False (then only the header is read).
+class ImageTooLarge(PSPNetError):
+    """The header declares more pixels than the caller allows (the server answers 413, not 400)."""
 
-    Every way this can fail is a ``PSPNetError`` naming the file and the problem.
+
+def open_image(source: str | Path | bytes, decode: bool = True, *, name: str | None = None,
+               max_pixels: int | None = None) -> Image.Image:
+    """Open a file or in-memory bytes; decode every pixel (EXIF orientation applied) unless ``decode`` is False.
+
+    With ``decode=False`` only the header is read: format, mode and size (before any EXIF rotation).
+    ``max_pixels`` refuses larger images from the header, before a byte is decompressed. ``name`` is
+    what errors call the source (default: the path, or "image" for bytes).
     """
-    path = Path(path)
-    if not path.exists():
-        raise PSPNetError(f"{path}: no such file")
-    if path.is_dir():
-        raise PSPNetError(f"{path}: is a directory, expected an image file")
-    if path.stat().st_size == 0:
-        raise PSPNetError(f"{path}: file is empty (0 bytes)")
+    fp: str | Path | BinaryIO
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "image"
+        if not source:
+            raise PSPNetError(f"{label}: empty (0 bytes)")
+        fp = io.BytesIO(source)
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.exists():
+            raise PSPNetError(f"{label}: no such file")
+        if path.is_dir():
+            raise PSPNetError(f"{label}: is a directory, expected an image file")
+        if path.stat().st_size == 0:
+            raise PSPNetError(f"{label}: file is empty (0 bytes)")
+        fp = path
     try:
-        img = Image.open(path)
-        if decode:
-            img.load()
+        img = Image.open(fp, formats=FORMATS)
     except PermissionError as err:
-        raise PSPNetError(f"{path}: cannot read the file (permission denied)") from err
+        raise PSPNetError(f"{label}: cannot read the file (permission denied)") from err
     except UnidentifiedImageError as err:
-        raise PSPNetError(f"{path}: not an image file PIL can decode") from err
+        raise PSPNetError(f"{label}: not an image file PIL can decode as one of the accepted formats "
+                          f"({FORMATS_TEXT})") from err
     except Image.DecompressionBombError as err:  # a small file that would decode to gigabytes
-        raise PSPNetError(f"{path}: refused, too many pixels to decode safely ({err})") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise PSPNetError(f"{path}: corrupt or truncated image ({err})") from err
+        raise PSPNetError(f"{label}: refused, too many pixels to decode safely ({err})") from err
+    except Exception as err:  # noqa: BLE001 - a malformed header can raise anything inside a plugin
+        raise PSPNetError(f"{label}: corrupt image header ({type(err).__name__}: {err})") from err
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise PSPNetError(f"{label}: image has no pixels ({w}x{h})")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLarge(f"{label}: image of {w}x{h} ({w * h / 1e6:.1f} MP) is above the limit of "
+                            f"{max_pixels / 1e6:.1f} MP; downscale it first")
+    return load_image(img, label) if decode else img
+
+
+def load_image(img: Image.Image, name: str) -> Image.Image:
+    """Decode the pixels of an image opened by ``open_image(..., decode=False)`` and apply EXIF orientation."""
+    try:
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception as err:  # noqa: BLE001 - truncated data, malformed EXIF, plugin bugs: all the file's fault
+        fmt = f"{img.format}: " if img.format else ""
+        raise PSPNetError(f"{name}: corrupt or truncated image ({fmt}{type(err).__name__}: {err})") from err
     return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Grayscale, RGBA (on black), palette, CMYK and 16-bit images become 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
         hi = arr.max() if arr.max() > 0 else 1.0
         img = Image.fromarray((arr / hi * 255).round().astype(np.uint8))
-    if img.mode == "RGBA" or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGB", img.size)
         background.paste(img, mask=img.getchannel("A"))
         return background
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_rgb(source: str | Path | bytes | Image.Image, name: str | None = None,
+               max_pixels: int | None = None) -> Image.Image:
+    """8-bit RGB, upright, from a path, bytes, or an image opened with ``decode=False``."""
+    if isinstance(source, Image.Image):
+        label = name or "image"
+        img = load_image(source, label)
+    else:
+        label = name or (str(source) if isinstance(source, (str, Path)) else "image")
+        img = open_image(source, name=label, max_pixels=max_pixels)
+    try:
+        return to_rgb(img)
+    except Exception as err:  # noqa: BLE001 - an odd mode a plugin produced
+        raise PSPNetError(f"{label}: cannot convert {img.mode} pixels to RGB ({type(err).__name__}: {err})") from err
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """An 8-bit RGB image from any common format and mode."""
-    return to_rgb(open_image(path))
+    """An 8-bit RGB image, upright, from any accepted format and mode."""
+    return decode_rgb(path)
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -11,17 +11,23 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pspnet.serve.admission import Budget
     from pspnet.serve.batcher import MicroBatcher
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Label values stay from a fixed set so that scanning random URLs cannot grow memory without bound.
 KNOWN_PATHS = ("/v1/segment", "/v1/model", "/v1/sample", "/healthz", "/metrics", "/", "/docs", "/openapi.json")
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def route_label(path: str) -> str:
     if path in KNOWN_PATHS:
         return path
     return "/static" if path.startswith("/static/") else "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
 
 
 def rss_bytes() -> int:
@@ -58,8 +64,8 @@ class Histogram:
         return out
 
 
-class Metrics:
-    """Counters per (route, method, status) and latency histograms per route."""
+class ServerMetrics:
+    """HTTP counters per (route, method, status) and latency histograms per route, all from fixed label sets."""
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -69,11 +75,12 @@ class Metrics:
 
     def record(self, path: str, method: str, status: int, seconds: float) -> None:
         route = route_label(path)
-        key = (route, method, status)
+        key = (route, method_label(method), status)
         self.requests[key] = self.requests.get(key, 0) + 1
         self.latency.setdefault(route, Histogram()).observe(seconds)
 
-    def render(self, batcher: "MicroBatcher | None" = None) -> str:
+    def render(self, batcher: "MicroBatcher | None" = None, pixels: "Budget | None" = None,
+               bodies: "Budget | None" = None) -> str:
         lines = [
             "# HELP pspnet_http_requests_total HTTP requests by route, method and status code.",
             "# TYPE pspnet_http_requests_total counter",
@@ -103,6 +110,22 @@ class Metrics:
                 "# TYPE pspnet_inference_seconds_total counter", f"pspnet_inference_seconds_total {batcher.run_seconds:.6f}",
                 "# HELP pspnet_queue_wait_seconds_total Time images waited in the queue, summed.",
                 "# TYPE pspnet_queue_wait_seconds_total counter", f"pspnet_queue_wait_seconds_total {batcher.wait_seconds:.6f}",
+                "# HELP pspnet_cancelled_total Queued images dropped because their client disconnected.",
+                "# TYPE pspnet_cancelled_total counter", f"pspnet_cancelled_total {batcher.cancelled}",
+            ]
+        if pixels is not None:
+            lines += [
+                "# HELP pspnet_pixels_in_flight Pixels of the images admitted and not yet answered.",
+                "# TYPE pspnet_pixels_in_flight gauge", f"pspnet_pixels_in_flight {pixels.used}",
+                "# HELP pspnet_pixels_budget Bound of pspnet_pixels_in_flight; beyond it requests get 503.",
+                "# TYPE pspnet_pixels_budget gauge", f"pspnet_pixels_budget {pixels.capacity}",
+            ]
+        if bodies is not None:
+            lines += [
+                "# HELP pspnet_body_bytes_in_flight Request body bytes admitted and not yet released.",
+                "# TYPE pspnet_body_bytes_in_flight gauge", f"pspnet_body_bytes_in_flight {bodies.used}",
+                "# HELP pspnet_body_bytes_budget Bound of pspnet_body_bytes_in_flight; beyond it requests get 503.",
+                "# TYPE pspnet_body_bytes_budget gauge", f"pspnet_body_bytes_budget {bodies.capacity}",
             ]
         lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}",
