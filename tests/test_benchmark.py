@@ -15,8 +15,14 @@ import torch
 from pspnet.benchmark import BenchConfig, format_table, load_cases, plot, run_benchmark, write_json
 from pspnet.benchmark.cases import SAMPLE, Case, build_model, torch_paths
 from pspnet.benchmark.measure import PeakMemory, gflop, timed
-from pspnet.benchmark.run import (MIN_AGREEMENT, _fastest_torch_path, best_paths, judge, sliding_window_rss,
-                                  time_interleaved)
+from pspnet.benchmark.run import (
+    MIN_AGREEMENT,
+    _fastest_torch_path,
+    best_paths,
+    judge,
+    sliding_window_rss,
+    time_interleaved,
+)
 from pspnet.cli import main
 from pspnet.errors import PSPNetError
 from pspnet.model.pspnet import PSPNet
@@ -68,7 +74,8 @@ def test_torch_paths_compile_the_last_path_and_keep_its_precision():
 
 def test_load_cases_from_a_file_and_its_errors(tmp_path):
     file = tmp_path / "mine.py"
-    file.write_text("def cases(num_classes, size, device):\n    return ['a']\n\ndef other(n, s, d):\n    return ['b']\n")
+    file.write_text("def cases(num_classes, size, device):\n    return ['a']\n\n"
+                    "def other(n, s, d):\n    return ['b']\n")
     assert load_cases(str(file))(3, (8, 8), "cpu") == ["a"]
     assert load_cases(f"{file}:other")(3, (8, 8), "cpu") == ["b"]
     with pytest.raises(PSPNetError, match="missing.py is not a file"):

@@ -179,7 +179,7 @@ def _ort_cases(label: str, group: str, model: nn.Module, x: torch.Tensor, flops:
 
 
 def load_cases(spec: str) -> CaseFactory:
-    """The case factory named by ``spec``: ``file.py`` or ``file.py:function`` (default ``cases``), or ``module:function``.
+    """The case factory named by ``spec``: ``file.py[:function]`` (default ``cases``) or ``module[:function]``.
 
     This is how models that are not pspnet's (peers from other libraries) join a run without the
     library depending on those libraries.

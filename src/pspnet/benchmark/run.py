@@ -1,4 +1,4 @@
-"""The study runner: interleaved timing of every case, correctness on CamVid val, training step, scaling, sliding window.
+"""The study runner: interleaved timing of the cases, correctness on CamVid val, training, scaling, sliding window.
 
 ``run_benchmark(BenchConfig(...))`` returns one JSON-able dict; ``pspnet.benchmark.report`` prints
 and plots it. Cases are timed round-robin, one call each per round with the starting case rotated,
@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from pspnet.benchmark.cases import Case, CaseFactory, build_model, frame, load_cases, model_cases, torch_paths
-from pspnet.benchmark.measure import (PeakMemory, machine_info, matmul_peaks, number_formats, peak_rss_mb,
-                                      timed)
+from pspnet.benchmark.measure import PeakMemory, machine_info, matmul_peaks, number_formats, peak_rss_mb, timed
 from pspnet.device import autocast, native_bf16, resolve_device
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import FastPath, fast_call, fast_model
@@ -128,12 +127,14 @@ def _run(cfg: BenchConfig, camvid: Path | None, factories: list[CaseFactory], wo
     rows = result["rows"] = summarize(suite.cases, peaks)
 
     val_agreement: dict[str, float] = {}
-    if cfg.val and suite.bundled_cases and suite.bundled_cases[0].error is None and camvid and (camvid / "val").is_dir():
+    bundled_ok = bool(suite.bundled_cases) and suite.bundled_cases[0].error is None
+    if cfg.val and bundled_ok and camvid and (camvid / "val").is_dir():
         result["val"] = val_accuracy(suite.bundled_cases, suite.bundled_config, camvid, cfg.val_limit)
         val_agreement = {r["name"].removeprefix(suite.prefixes["bundled"] + " "): r["agreement"]
                          for r in result["val"]["rows"]}
     elif cfg.val:
-        logger.info("CamVid val not found under %s: correctness judged on the benchmark frame only", camvid)
+        logger.info("no CamVid val check (it needs the bundled model and CamVid val, --camvid %s): correctness "
+                    "judged on the benchmark frame only", camvid)
     judge(rows, suite.prefixes, val_agreement)
     result["summary"] = best_paths(rows, suite.prefixes, val_agreement)
 
@@ -337,7 +338,7 @@ def training_step(model: nn.Module, device: torch.device, size: Sequence[int], b
     times: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(repeats):
         for mode in (modes if r % 2 == 0 else modes[::-1]):
-            times[mode].append(timed(lambda: step(mode), device))
+            times[mode].append(timed(lambda mode=mode: step(mode), device))
     result: dict[str, Any] = {"size": list(size), "batch": batch, "amp": amp}
     for mode in modes:
         med = statistics.median(times[mode])
