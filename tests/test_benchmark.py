@@ -218,4 +218,4 @@ def test_peer_models_of_the_benchmark_scripts():
 def test_build_model_from_a_spec_is_seeded():
     spec = {"name": "pspnet_test_efficientnet", "num_classes": 3, "seed": 1}
     a, b = build_model(spec), build_model(spec)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

@@ -126,21 +126,24 @@ def _run(cfg: BenchConfig, camvid: Path | None, factories: list[CaseFactory], wo
         peaks[k] = max(filter(None, (v, peaks[k])), default=None)
     rows = result["rows"] = summarize(suite.cases, peaks)
 
-    val_agreement: dict[str, float] = {}
-    bundled_ok = bool(suite.bundled_cases) and suite.bundled_cases[0].error is None
-    if cfg.val and bundled_ok and camvid and (camvid / "val").is_dir():
-        result["val"] = val_accuracy(suite.bundled_cases, suite.bundled_config, camvid, cfg.val_limit)
-        val_agreement = {r["name"].removeprefix(suite.prefixes["bundled"] + " "): r["agreement"]
-                         for r in result["val"]["rows"]}
-    elif cfg.val:
-        logger.info("no CamVid val check (it needs the bundled model and CamVid val, --camvid %s): correctness "
-                    "judged on the benchmark frame only", camvid)
+    val_agreement = _check_on_camvid_val(cfg, suite, camvid, result) if cfg.val else {}
     judge(rows, suite.prefixes, val_agreement)
     result["summary"] = best_paths(rows, suite.prefixes, val_agreement)
 
     _run_studies(cfg, suite, rows, device, threads, result)
     result["seconds"] = time.time() - started
     return result
+
+
+def _check_on_camvid_val(cfg: BenchConfig, suite: _Suite, camvid: Path | None,
+                         result: dict[str, Any]) -> dict[str, float]:
+    """Every path of the bundled model over CamVid val (into ``result["val"]``); its agreement by path name."""
+    if not (suite.bundled_cases and suite.bundled_cases[0].error is None and camvid and (camvid / "val").is_dir()):
+        logger.info("no CamVid val check (it needs the bundled model and CamVid val, --camvid %s): correctness "
+                    "judged on the benchmark frame only", camvid)
+        return {}
+    result["val"] = val_accuracy(suite.bundled_cases, suite.bundled_config, camvid, cfg.val_limit)
+    return {r["name"].removeprefix(suite.prefixes["bundled"] + " "): r["agreement"] for r in result["val"]["rows"]}
 
 
 def _collect_cases(cfg: BenchConfig, device: torch.device, camvid: Path | None, workdir: Path, threads: int,
@@ -162,7 +165,8 @@ def _collect_cases(cfg: BenchConfig, device: torch.device, camvid: Path | None, 
         bundled = load(cfg.bundled).eval()
         suite.bundled_config = bundled.config
         # which weights were measured (the bundled file changes between releases)
-        result["bundled_weights_sha256"] = hashlib.sha256((WEIGHTS_DIR / BUNDLED[cfg.bundled]).read_bytes()).hexdigest()
+        weights = WEIGHTS_DIR / BUNDLED[cfg.bundled]
+        result["bundled_weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         bx = frame(cfg.bundled_size, bundled.config["mean"], bundled.config["std"], device=device)
         suite.prefixes["bundled"] = f"bundled {cfg.bundled}"
         suite.bundled_cases = model_cases(suite.prefixes["bundled"], "bundled", bundled, bx, device, fastpaths, **ort)
