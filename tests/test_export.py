@@ -1,4 +1,4 @@
-"""ONNX export at dynamic sizes, BN folding, fast paths, the onnxruntime backend, int8 and the benchmark CLI.
+"""ONNX export at dynamic sizes, BN folding, fast paths, the onnxruntime backend and int8.
 
 Tiny models only (a timm test EfficientNet with a 16-channel head): the properties tested here do
 not depend on the model's size, and the whole file runs in well under a minute on two cores.
@@ -275,27 +275,3 @@ def test_int8_needs_real_frames(exported, tmp_path):
 
     with pytest.raises(PSPNetError, match="does not exist"):
         quantize_onnx(exported[0], tmp_path / "q.onnx", tmp_path / "missing")
-
-
-# ---- the benchmark ---------------------------------------------------------------------------------------------------
-
-def test_benchmark_cli_emits_json_and_a_chart(tmp_path, capsys):
-    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
-    argv = ["benchmark", "--model", "pspnet_test_efficientnet", "--num-classes", "3", "--size", "48", "64",
-            "--repeats", "2", "--threads", "1", "--peak-seconds", "0.1", "--bundled", "", "--no-peers", "--no-onnx",
-            "--no-slide", "--no-val",
-            "--train-size", "32", "32", "--scaling-sizes", "32", "48", "--scaling-batches", "1", "2",
-            "--json", str(out), "--chart", str(chart), "--quiet"]
-    threads = torch.get_num_threads()
-    assert main(argv) == 0
-    assert torch.get_num_threads() == threads  # --threads is for the benchmark only
-    table = capsys.readouterr().out
-    assert "test_efficientnet fp32 eager" in table and "matmul peak" in table
-    result = json.loads(out.read_text())
-    rows = {r["name"]: r for r in result["rows"]}
-    eager, fold = rows["test_efficientnet fp32 eager"], rows["test_efficientnet fp32 fold+NHWC"]
-    assert eager["median_ms"] > 0 and eager["gflop"] > 0 and result["machine"]["torch_threads"] == 1
-    assert fold["agreement"] >= 0.999 and fold["correct"] and fold["speedup_vs_fp32_eager"] > 0
-    assert result["training"]["fp32"]["images_per_s"] > 0
-    assert [r["size"] for r in result["scaling"]["by_size"]] == [[32, 32], [48, 48]]
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -69,15 +69,6 @@ def test_batch1_training_step_with_1x1_pooled_bins():
     assert not torch.equal(m.ppm.features[1][2].running_mean, torch.zeros_like(before))
 
 
-def test_flops_resnet50_473():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    m = PSPNet(num_classes=21).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        m(torch.randn(1, 3, 473, 473))
-    assert 320e9 < counter.get_total_flops() < 326e9
-
-
 def test_save_load_round_trip_identical_logits(tmp_path):
     torch.manual_seed(0)
     m = create_model("pspnet_resnet18", num_classes=4, class_names=list("abcd")).eval()

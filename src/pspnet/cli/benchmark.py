@@ -1,18 +1,19 @@
-"""``pspnet benchmark``: fast paths, ONNX Runtime, int8, the bundled model and peers in one interleaved run."""
+"""``pspnet benchmark``: fast paths, ONNX Runtime, int8, the bundled model and extra cases in one interleaved run."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pspnet.export.bench import BenchConfig
+    from pspnet.benchmark import BenchConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("benchmark", help="time every inference path against fp32 eager and peer models",
+    p = sub.add_parser("benchmark", help="time every inference path against fp32 eager (and peer models, --cases)",
                        description="One interleaved run on the same frame: median latency and spread, images/s, "
                                    "GFLOP, achieved GFLOP/s vs the measured matmul peak, peak memory, argmax agreement "
                                    "with fp32; then a training step, size/batch scaling and a sliding-window run.")
@@ -25,13 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's, one per core)")
     p.add_argument("--peak-seconds", type=float, default=1.0, help="time spent measuring each matmul peak")
     p.add_argument("--bundled", default="camvid", help="bundled model to include ('' for none)")
-    p.add_argument("--no-peers", action="store_true", help="skip segmentation_models_pytorch and torchvision models")
+    p.add_argument("--cases", action="append", default=[], metavar="FILE.py[:FUNC]",
+                   help="also time the models of FUNC(num_classes, size, device) -> list[Case] in FILE.py (default "
+                        "FUNC: cases), e.g. benchmarks/peers.py for torchvision and segmentation_models_pytorch; "
+                        "repeatable")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (and int8)")
     p.add_argument("--no-int8", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the last PyTorch path (about 25 s of compiling per model)")
-    p.add_argument("--camvid", default=None, help="CamVid root: train/ calibrates int8, val/ checks every path of the "
-                   "bundled model (default: ../shared/datasets/camvid beside a source checkout)")
+    p.add_argument("--camvid", type=Path, help="CamVid root: train/ calibrates int8, val/ checks every path of the "
+                   "bundled model (without it: no int8, correctness judged on the benchmark frame)")
     p.add_argument("--calib-count", type=int, default=16, help="calibration frames for int8")
     p.add_argument("--no-val", action="store_true", help="skip the CamVid val agreement/mIoU check")
     p.add_argument("--val-limit", type=int, help="only the first N CamVid val frames")
@@ -52,13 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> "BenchConfig":
     """The ``BenchConfig`` that the command-line options ask for."""
-    from pspnet.export.bench import CAMVID, BenchConfig
+    from pspnet.benchmark import BenchConfig
 
     return BenchConfig(model=args.model, num_classes=args.num_classes, size=tuple(args.size), repeats=args.repeats,
                        warmup=args.warmup, device=args.device, threads=args.threads, bundled=args.bundled or None,
-                       peers=not args.no_peers, onnx=not args.no_onnx, int8=not (args.no_int8 or args.no_onnx),
-                       compile=args.compile, camvid=args.camvid or str(CAMVID), calib_count=args.calib_count,
-                       val=not args.no_val, val_limit=args.val_limit,
+                       cases=tuple(args.cases), onnx=not args.no_onnx, int8=not (args.no_int8 or args.no_onnx),
+                       compile=args.compile, camvid=str(args.camvid) if args.camvid else None,
+                       calib_count=args.calib_count, val=not args.no_val, val_limit=args.val_limit,
                        train=not args.no_train, train_size=tuple(args.train_size), train_batch=args.train_batch,
                        scaling=not args.no_scaling, scaling_sizes=tuple(args.scaling_sizes),
                        scaling_batches=tuple(args.scaling_batches), slide=not args.no_slide,
@@ -66,18 +70,20 @@ def config_from_args(args: argparse.Namespace) -> "BenchConfig":
                        peak_seconds=args.peak_seconds)
 
 
+def show_progress(quiet: bool) -> None:
+    """Progress lines of the benchmark (its INFO log records) on stderr, unless ``quiet``."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)  # no-op where logging is already set up
+    logging.getLogger("pspnet.benchmark").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def run(args: argparse.Namespace) -> int:
-    import sys
+    from pspnet.benchmark import format_table, plot, run_benchmark, write_json
 
-    from pspnet.export.bench import format_table, plot, run_benchmark
-
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_benchmark(config_from_args(args), log)
+    show_progress(args.quiet)
+    result = run_benchmark(config_from_args(args))
     print(format_table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(result, args.json)}")
     if args.chart:
         print(f"wrote {plot(result, args.chart)}")
     return 0

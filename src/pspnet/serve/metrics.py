@@ -5,10 +5,11 @@ Everything is updated from the event loop thread only, so plain dicts and floats
 
 from __future__ import annotations
 
-import os
 import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING
+
+from pspnet.device import rss_bytes
 
 if TYPE_CHECKING:
     from pspnet.serve.admission import Budget
@@ -28,15 +29,6 @@ def route_label(path: str) -> str:
 
 def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (0 where /proc is unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class Histogram:
