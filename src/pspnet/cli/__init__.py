@@ -36,7 +36,6 @@ def setup_logging(debug: bool = False) -> None:
     root = logging.getLogger("pspnet")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    root.propagate = False
 
 
 def build_parser() -> argparse.ArgumentParser:

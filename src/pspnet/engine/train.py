@@ -109,7 +109,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
 
     ckpt, ckpt_path = _checkpoint_to_resume(out, resume, overwrite)
     if rank == 0:
-        _prepare_run_folder(out, cfg, clear=overwrite and ckpt is None)
+        _prepare_run_folder(out, clear=overwrite and ckpt is None)
 
     seed_everything(cfg.seed)
     train_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, **cfg.dataset_options)
@@ -168,6 +168,8 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
                              len(train_set))
     log.info("training run\n%s", summary)
     log.text("run/summary", summary, start)
+    if rank == 0:
+        _write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
     return run
 
 
@@ -181,14 +183,15 @@ def _checkpoint_to_resume(out: Path, resume: str | Path | bool | None,
         return load_with_fallback(find_checkpoint(out))
     if resume:
         return load_with_fallback(find_checkpoint(resume))
-    existing = [name for name in RUN_FILES if (out / name).exists()]
+    # train_config.json alone is a start that failed before its first checkpoint: nothing to lose
+    existing = [name for name in RUN_FILES if (out / name).exists() and name != "train_config.json"]
     if existing and not overwrite:
         raise PSPNetError(f"{out}: already holds a training run ({', '.join(existing[:3])}); continue it with "
                           "--resume, start again with --overwrite, or pick a new --out-dir")
     return None, None
 
 
-def _prepare_run_folder(out: Path, cfg: TrainConfig, clear: bool) -> None:
+def _prepare_run_folder(out: Path, clear: bool) -> None:
     """Create the run folder and prove it writable before the first iteration; ``clear`` empties an old run."""
     if out.exists() and not out.is_dir():
         raise PSPNetError(f"{out}: exists and is not a folder; pass another --out-dir")
@@ -200,7 +203,9 @@ def _prepare_run_folder(out: Path, cfg: TrainConfig, clear: bool) -> None:
             shutil.rmtree(out / "tb", ignore_errors=True)
         for stale in out.glob(".*.tmp"):  # left by a save that a SIGKILL interrupted
             stale.unlink(missing_ok=True)
-        _write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        probe = out / f".write_test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as err:
         raise PSPNetError(f"{out}: cannot write the run folder ({err.strerror or err}); pass a writable "
                           "--out-dir") from err
