@@ -108,14 +108,14 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
 
     recipe = "\n".join(
-        f"- Stage {i + 1} ([configs/{Path(c['out_dir']).name}.yaml](../../../configs/{Path(c['out_dir']).name}.yaml)): "
+        f"- Stage {i + 1} ([{Path(c['out_dir']).name}.yaml](../configs/{Path(c['out_dir']).name}.yaml)): "
         f"{'ImageNet backbone' if i == 0 else f'from stage {i} best (iteration {stages[i - 1][3]})'}, "
         f"SGD momentum {c['momentum']}, weight decay {c['weight_decay']}, lr {c['lr']} poly {c['power']}, heads x{c['head_lr_mult']}, "
         f"batch {c['batch_size']}, {c['iterations']} iterations ({c['iterations'] * c['batch_size'] / 367:.0f} epochs)"
         f"{', class weights ' + c['class_weights'] if c.get('class_weights') else ''}; best val at iteration {b}."
         for i, (_, c, _, b) in enumerate(stages))
     weak = ", ".join(f"{n} {100 * i:.1f}%" for n, i in zip(metrics.class_names, metrics.iou) if i is not None and i < 0.4)
-    reproduce = ", then ".join(f"`pspnet train --config configs/{Path(c['out_dir']).name}.yaml`" for _, c, _, _ in stages)
+    reproduce = ", then ".join(f"`pspnet train --config {Path(c['out_dir']).name}`" for _, c, _, _ in stages)
     rows = "\n".join(f"| {n} | {'absent' if i is None else f'{100 * i:.1f}'} | {'absent' if a is None else f'{100 * a:.1f}'} |"
                      for n, i, a in zip(metrics.class_names, metrics.iou, metrics.acc))
     bf16_line = f"; bf16 (native AMX/AVX512-BF16) {bf16[0]:.0f} ms" if bf16 else ""

