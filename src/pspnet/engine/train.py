@@ -108,11 +108,11 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     precision = resolve_precision(cfg.precision, device)
     out = Path(cfg.out_dir)
 
-    ckpt, ckpt_path = _checkpoint_to_resume(out, resume, overwrite)
-    if rank == 0:
-        _prepare_run_folder(out, clear=overwrite and ckpt is None)
+    ckpt, ckpt_path = _checkpoint_to_resume(out, resume)
 
     seed_everything(cfg.seed)
+    if not Path(cfg.data_root).exists():
+        raise PSPNetError(f"{cfg.data_root}: dataset root does not exist; pass the dataset's folder with --data-root")
     train_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, **cfg.dataset_options)
     if cfg.epochs is not None:
         cfg = dataclasses.replace(cfg, iterations=epochs_to_iterations(cfg.epochs, len(train_set), cfg.batch_size,
@@ -120,6 +120,10 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     model = _build_model(cfg, train_set, resuming=ckpt is not None)
     if ckpt is not None:
         check_same_model(ckpt.get("config", {}), model.config, ckpt_path)
+    else:
+        _refuse_existing_run(out, overwrite)
+    if rank == 0:  # before anything is written, and after every check of the config, data and model
+        _prepare_run_folder(out, clear=overwrite and ckpt is None)
 
     counts = pixel_counts(train_set, None if isinstance(cfg.class_weights, str) else SHARE_SAMPLE)
     weight = loss_weights(cfg.class_weights, train_set, counts)
@@ -174,9 +178,9 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     return run
 
 
-def _checkpoint_to_resume(out: Path, resume: str | Path | bool | None,
-                          overwrite: bool) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint this run continues from, after refusing to mix a new run into an old folder."""
+def _checkpoint_to_resume(out: Path, resume: str | Path | bool | None
+                          ) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint this run continues from (None for a new run)."""
     if resume == "auto":
         has = (out / LAST).is_file() or (out / PREVIOUS).is_file()
         return load_with_fallback(find_checkpoint(out)) if has else (None, None)
@@ -184,12 +188,16 @@ def _checkpoint_to_resume(out: Path, resume: str | Path | bool | None,
         return load_with_fallback(find_checkpoint(out))
     if resume:
         return load_with_fallback(find_checkpoint(resume))
+    return None, None
+
+
+def _refuse_existing_run(out: Path, overwrite: bool) -> None:
+    """A new run never mixes into an old run's folder unless asked to replace it."""
     # train_config.json alone is a start that failed before its first checkpoint: nothing to lose
     existing = [name for name in RUN_FILES if (out / name).exists() and name != "train_config.json"]
     if existing and not overwrite:
         raise PSPNetError(f"{out}: already holds a training run ({', '.join(existing[:3])}); continue it with "
                           "--resume, start again with --overwrite, or pick a new --out-dir")
-    return None, None
 
 
 def _prepare_run_folder(out: Path, clear: bool) -> None:
@@ -230,8 +238,8 @@ def _build_model(cfg: TrainConfig, train_set: Any, resuming: bool) -> PSPNet:
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], source: Path | None) -> None:
     """Refuse to resume into a model whose config differs from the checkpoint's, naming every difference."""
-    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now"
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now"
+             for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
     if diffs:
         raise PSPNetError(f"{source}: the checkpoint is of another model ({'; '.join(diffs)}); resume without the "
                           "options that change the model, or start a new run with another --out-dir")
