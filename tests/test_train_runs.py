@@ -256,6 +256,18 @@ def test_start_of_run_summary_in_the_log(data, tmp_path, caplog):
         assert expected in text, expected
 
 
+def test_summary_in_tensorboard_text(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = [a if a != "tensorboard=false" else "tensorboard=true" for a in cli_args(data, tmp_path / "tb")]
+    assert main([*args, "--iterations", "1"]) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    text = events.Tensors("run/summary/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "parameters" in text and "training from scratch (--no-pretrained)" in text and "c2" in text
+
+
 def test_collapse_warning_names_the_fixes():
     collapsed = [[90, 0, 0], [8, 0, 0], [2, 0, 0]]
     warning = collapse_warning(collapsed, ["road", "sign", "pole"], 300)
