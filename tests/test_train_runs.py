@@ -25,7 +25,6 @@ from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.config import RANGES, TrainConfig, list_recipes, load_recipe
 from pspnet.engine.sampling import SeededSamples
 from pspnet.engine.summary import collapse_warning
-from pspnet.engine.train import train
 from pspnet.errors import PSPNetError
 from test_engine import SUBPROCESS_ENV, TINY, make_folder_dataset
 

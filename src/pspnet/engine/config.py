@@ -127,7 +127,8 @@ RANGES: dict[str, Rule] = {
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
-    "model": (lambda v: v is None or v.startswith("pspnet"), "a model name starting with 'pspnet' (see `pspnet models`)"),
+    "model": (lambda v: v is None or v.startswith("pspnet"),
+              "a model name starting with 'pspnet' (see `pspnet models`)"),
     "class_weights": (lambda v: v is None or (v in CLASS_WEIGHT_SPECS if isinstance(v, str) else
                                                 all(math.isfinite(w) and w >= 0 for w in v)),
                       f"{' or '.join(CLASS_WEIGHT_SPECS)}, or a list of one number >= 0 per class"),
@@ -145,7 +146,8 @@ def _type_name(hint: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     if origin is tuple:
-        return f"a list of {len(typing.get_args(hint))} {_type_name(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s (or one)"
+        item = _type_name(typing.get_args(hint)[0]).removeprefix("an ").removeprefix("a ")
+        return f"a list of {len(typing.get_args(hint))} {item}s (or one)"
     if origin is list:
         return "a list of numbers"
     if origin is dict:

@@ -447,8 +447,8 @@ def resume_config(target: str | Path, overrides: dict[str, Any]) -> tuple[TrainC
 
 
 def _differs(a: Any, b: Any) -> bool:
-    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
-    return norm(a) != norm(b)
+    """Whether two config values differ, a tuple and a list of the same items being the same."""
+    return (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -85,7 +85,8 @@ def detect_layout(keys: set[str]) -> str | None:
     return None
 
 
-def map_backbone_keys(state: Mapping[str, torch.Tensor], origin: str = "weights") -> tuple[str, dict[str, torch.Tensor]]:
+def map_backbone_keys(state: Mapping[str, torch.Tensor],
+                      origin: str = "weights") -> tuple[str, dict[str, torch.Tensor]]:
     """(layout, state renamed to ``DilatedResNet`` keys); wrappers, prefixes and the classifier removed."""
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
