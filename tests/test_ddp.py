@@ -50,7 +50,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     # rank 0 alone wrote the run's files, and it did train
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir() if p.suffix in (".pt", ".safetensors")) == [
-        "best.pt", "best.safetensors", "last.pt", "last.safetensors"]
+        "best.pt", "best.safetensors", "last.prev.pt", "last.pt", "last.safetensors"]
     history = json.loads((run / "history.json").read_text())
     assert [r["iteration"] for r in history if "loss" in r] == [1, 2, 3] and any("val_miou" in r for r in history)
     assert os.path.getsize(run / "last.pt") > 0

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pspnet.cli.options import add_device
+
 if TYPE_CHECKING:
     from pspnet.benchmark import BenchConfig
 
@@ -17,12 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="One interleaved run on the same frame: median latency and spread, images/s, "
                                    "GFLOP, achieved GFLOP/s vs the measured matmul peak, peak memory, argmax agreement "
                                    "with fp32; then a training step, size/batch scaling and a sliding-window run.")
-    p.add_argument("--model", default="pspnet_resnet50", help="create_model name, random init (default: pspnet_resnet50)")
-    p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--size", type=int, nargs=2, default=[473, 473], metavar=("H", "W"))
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="pspnet_resnet50", help="create_model name, random init")
+    p.add_argument("--num-classes", type=int, default=21, help="classes of the --model")
+    p.add_argument("--size", type=int, nargs=2, default=[473, 473], metavar=("H", "W"), help="input size")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per path")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    add_device(p, default="cpu")
     p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's, one per core)")
     p.add_argument("--peak-seconds", type=float, default=1.0, help="time spent measuring each matmul peak")
     p.add_argument("--bundled", default="camvid", help="bundled model to include ('' for none)")
@@ -31,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "FUNC: cases), e.g. benchmarks/peers.py for torchvision and segmentation_models_pytorch; "
                         "repeatable")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime (and int8)")
-    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX model")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the last PyTorch path (about 25 s of compiling per model)")
     p.add_argument("--camvid", type=Path, help="CamVid root: train/ calibrates int8, val/ checks every path of the "
@@ -40,14 +42,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-val", action="store_true", help="skip the CamVid val agreement/mIoU check")
     p.add_argument("--val-limit", type=int, help="only the first N CamVid val frames")
     p.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
-    p.add_argument("--train-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
-    p.add_argument("--train-batch", type=int, default=2)
-    p.add_argument("--no-scaling", action="store_true")
-    p.add_argument("--scaling-sizes", type=int, nargs="+", default=[256, 384, 512, 768, 1024])
-    p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--no-slide", action="store_true")
-    p.add_argument("--slide-image", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"))
-    p.add_argument("--slide-crop", type=int, nargs=2, default=[473, 473], metavar=("H", "W"))
+    p.add_argument("--train-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
+                   help="crop size of the training-step measurement")
+    p.add_argument("--train-batch", type=int, default=2, help="batch of the training-step measurement")
+    p.add_argument("--no-scaling", action="store_true", help="skip the size/batch scaling study")
+    p.add_argument("--scaling-sizes", type=int, nargs="+", default=[256, 384, 512, 768, 1024],
+                   help="square sizes of the scaling study")
+    p.add_argument("--scaling-batches", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="batch sizes of the scaling study")
+    p.add_argument("--no-slide", action="store_true", help="skip the sliding-window run")
+    p.add_argument("--slide-image", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"),
+                   help="image size of the sliding-window run")
+    p.add_argument("--slide-crop", type=int, nargs=2, default=[473, 473], metavar=("H", "W"),
+                   help="window of the sliding-window run")
     p.add_argument("--json", type=Path, help="write the full result as JSON here")
     p.add_argument("--chart", type=Path, help="write a PNG chart here")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -6,20 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
-from pspnet.errors import PSPNetError
-
-
-def parse_options(items: list[str]) -> dict:
-    """``KEY=YAML`` pairs (``--data-opt num_classes=3``) as a dict."""
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise PSPNetError(f"--data-opt expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
+from pspnet.cli.options import DATASET_NAMES, parse_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,14 +14,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Read every image and mask of the given splits and list all problems: missing "
                        "masks or images, size mismatches, label values outside the class set, unreadable, corrupt "
                        "or empty files, empty folders. Exit code 2 if there are any.")
-    p.add_argument("--dataset", required=True, help="layout: camvid, voc, cityscapes, ade20k, coco_stuff, folder, list")
-    p.add_argument("--data-root", required=True, type=Path)
-    p.add_argument("--split", nargs="+", default=["train", "val"])
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, metavar="NAME",
+                   help=f"dataset layout: {', '.join(DATASET_NAMES)}")
+    p.add_argument("--data-root", required=True, type=Path, help="the dataset's folder")
+    p.add_argument("--split", nargs="+", default=["train", "val"], help="the splits to check")
     p.add_argument("--data-opt", action="append", default=[], metavar="KEY=YAML",
                    help="folder/list options, e.g. --data-opt num_classes=3 --data-opt binary=true")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=4, help="reading threads")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_check)
 
 

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="the .pth/.pt/.safetensors file")
     p.add_argument("--out", type=Path, required=True, help="folder to write (must be new or empty unless --overwrite)")
     p.add_argument("--from", dest="source", choices=["auto", "semseg", "mmseg", "pspnet"], default="auto",
-                   help="origin of the checkpoint; refused if its keys say otherwise (default: detect)")
+                   help="origin of the checkpoint (auto: detect from its keys); refused if its keys say otherwise")
     p.add_argument("--dataset", help="voc, cityscapes, ade20k or camvid: class names and palette to store when the "
                    "checkpoint has none (default: guessed from the class count 21/19/150/11)")
     p.add_argument("--num-classes", type=int, help="replace the classifier with a new one for this many classes, "

@@ -6,30 +6,33 @@ import argparse
 import json
 from pathlib import Path
 
+from pspnet.cli.options import add_model
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX (dynamic sizes), optionally int8-quantized",
                        description="Writes an .onnx file with dynamic batch, height and width and the model config "
                                    "(classes, palette, mean/std) in its metadata, then checks ONNX Runtime against "
                                    "PyTorch at two sizes other than the traced one.")
-    p.add_argument("--model", default="camvid", help="bundled name, weights file/folder or Hub id (default: camvid)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default: onnx)")
+    add_model(p)
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),
                    help="example size for tracing only; the file works at any size")
-    p.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"])
+    p.add_argument("--exporter", default="torchscript", choices=["torchscript", "dynamo"],
+                   help="torch.onnx exporter: the TorchScript tracer or torch.export (dynamo)")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm as separate nodes")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch parity check")
     p.add_argument("--int8", action="store_true", help="also write OUT_int8.onnx (static int8, calibrated on --calib)")
     p.add_argument("--calib", type=Path, help="folder of real frames to calibrate int8 on (e.g. the training images)")
-    p.add_argument("--calib-count", type=int, default=32)
+    p.add_argument("--calib-count", type=int, default=32, help="calibration frames for int8")
     p.add_argument("--calib-size", type=int, nargs=2, metavar=("H", "W"), help="resize calibration frames")
     p.add_argument("--int8-check", type=Path, help="frames to compare int8 with fp32 on (default: the --calib folder; "
                    "held-out frames such as a val split are the honest check)")
     p.add_argument("--int8-float", default="backbone", choices=["classifier", "sensitive", "backbone"],
                    help="convs kept in float: the classifier only; also the stem and depthwise convs; or the whole "
-                        "backbone (default: only the pyramid pooling and head in int8, the one that keeps >= 99.5%% "
+                        "backbone (backbone: only the pyramid pooling and head in int8, the one that keeps >= 99.5%% "
                         "argmax agreement on the bundled model)")
     p.set_defaults(func=run)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pspnet.cli.options import model_for_backend
 from pspnet.errors import PSPNetError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
@@ -85,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.inference.visualize import confidence_png, label_png
 
     images, videos, stdin = expand_inputs(args.inputs or [str(SAMPLE)])
-    from pspnet.export.onnx import cached_onnx
-
-    model = cached_onnx(args.model) if args.backend == "onnxruntime" else args.model
+    model = model_for_backend(args.model, args.backend)
     seg = Segmenter(model, device=args.device, precision=args.precision, backend=args.backend,
                     mode=args.mode, crop=args.crop, scales=args.scales, flip=args.flip, batch_size=args.batch_size)
     # Every input's header, before anything is written: a missing, empty, undecodable or too large

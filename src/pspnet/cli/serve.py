@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pspnet.cli.options import model_for_backend
 from pspnet.errors import PSPNetError
 
 
@@ -52,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401 - checked here so the error names the extra
     except ImportError as err:
         raise PSPNetError("pspnet serve needs the 'serve' extra: pip install 'pspnet[serve]'") from err
-    from pspnet.export.onnx import cached_onnx
     from pspnet.inference.segmenter import Segmenter
     from pspnet.serve.app import create_app
     from pspnet.serve.server import run_server
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if value <= 0:
             raise PSPNetError(f"{flag} must be positive, got {value}")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    model = cached_onnx(args.model) if args.backend == "onnxruntime" else args.model
+    model = model_for_backend(args.model, args.backend)
     segmenter = Segmenter(model, device=args.device, precision=args.precision, mode=args.mode, crop=args.crop,
                           scales=args.scales, flip=args.flip, backend=args.backend, batch_size=args.batch_size)
     app = create_app(segmenter, max_queue=args.max_queue, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,

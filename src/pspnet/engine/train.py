@@ -1,8 +1,9 @@
 """The training loop: the official recipe (SGD 0.9, wd 1e-4, lr 0.01 poly 0.9, head lr x10, aux 0.4).
 
-Plain and iteration-based, so a run resumes exactly: the sampling order and every augmentation are
-functions of (seed, epoch, position), and the checkpoint holds model, optimizer, scheduler, scaler,
-iteration and RNG states. ``torchrun --nproc_per_node N -m pspnet train ...`` runs it under DDP.
+``train()`` reads as setup -> loop -> finish. Plain and iteration-based, so a run resumes exactly: the
+sampling order and every augmentation are functions of (seed, epoch, position) (``sampling.py``), and
+the checkpoint holds model, optimizer, scheduler, scaler, iteration and RNG states.
+``torchrun --nproc_per_node N -m pspnet train ...`` runs it under DDP.
 """
 
 from __future__ import annotations
@@ -11,166 +12,239 @@ import dataclasses
 import json
 import math
 import os
-import random
-import sys
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pspnet.data import build_dataset
-from pspnet.data.transforms import eval_transforms, train_transforms
-from pspnet.engine.checkpoint import atomic_save, load_checkpoint
+from pspnet.data.transforms import Augment, eval_transforms, train_transforms
+from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
+from pspnet.engine.config import TrainConfig
 from pspnet.engine.evaluate import evaluate
+from pspnet.engine.loggers import RunLogger
+from pspnet.engine.sampling import EpochSampler, SeededSamples, rng_state, seed_everything, set_rng_state
+from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
+                                train_step)
+from pspnet.engine.summary import SHARE_SAMPLE, collapse_warning, format_summary, loss_weights, pixel_counts
 from pspnet.errors import PSPNetError
 from pspnet.model import create_model
 from pspnet.model.pspnet import PSPNet
 from pspnet.model.serialization import save_safetensors
-from pspnet.device import autocast, resolve_device, resolve_precision
+from pspnet.model.timm_backbone import EFFICIENTNET_LITE_PACKAGES
+from pspnet.device import resolve_device, resolve_precision
+
+__all__ = ["TrainConfig", "train", "loss_weights", "poly_lr", "param_groups", "epochs_to_iterations",
+           "EpochSampler", "load_init_weights", "resume_config"]
+
+# What a run folder holds; --overwrite removes exactly these before starting again.
+RUN_FILES = (LAST, PREVIOUS, "best.pt", "best.safetensors", "best_metrics.json", "last.safetensors", "history.json",
+             "train_config.json")
 
 
 @dataclass
-class TrainConfig:
-    """Everything a run depends on; saved in every checkpoint."""
+class Run:
+    """The state of one training run, built by ``_setup`` and advanced by ``_loop``."""
 
-    dataset: str = "camvid"
-    data_root: str = "data/camvid"
-    dataset_options: dict[str, Any] = field(default_factory=dict)  # folder/list datasets: classes, binary, ...
-    model: str = "pspnet_resnet50"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained_backbone: bool | str = True
-    init_weights: str | None = None  # start from these weights (e.g. an earlier run's best.safetensors)
-    class_weights: str | list[float] | None = None  # "median_frequency", "sqrt_median_frequency" or one per class
-    out_dir: str = "runs/train"
-    train_split: str = "train"
-    val_split: str | None = "val"
-    crop_size: tuple[int, int] = (473, 473)
-    scale: tuple[float, float] = (0.5, 2.0)
-    rotate: float = 10.0
-    batch_size: int = 16
-    iterations: int = 30000
-    epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    power: float = 0.9
-    warmup_iters: int = 0
-    head_lr_mult: float = 10.0
-    aux_weight: float = 0.4
-    precision: str = "auto"
-    channels_last: bool = False
-    device: str = "auto"
-    workers: int = 2
-    seed: int = 0
-    eval_every: int = 1000
-    checkpoint_every: int = 200
-    log_every: int = 10
-    tensorboard: bool = True
-    tb_images: int = 3  # val images drawn to TensorBoard (image | truth | prediction) at each evaluation
-    wandb: bool = False
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    precision: str
+    rank: int
+    world: int
+    own_group: bool
+    model: PSPNet
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    criterion: Criterion
+    has_aux: bool
+    sampler: EpochSampler
+    loader: DataLoader
+    val_set: Dataset | None
+    log: RunLogger
+    start: int = 0
+    best_miou: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_rng: dict[str, Any] | None = None
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PSPNetError(f"unknown training options {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        for key in ("crop_size", "scale"):
-            if key in values and values[key] is not None:
-                v = values[key]
-                values[key] = tuple(v) if isinstance(v, (list, tuple)) else (v, v)
-        return cls(**values)
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
-class EpochSampler(Sampler):
-    """Yields (epoch, index) pairs: a seeded permutation per epoch, split across ranks, resumable."""
+def train(cfg: TrainConfig, resume: str | Path | bool | None = None, progress: bool = True,
+          stop_after: int | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or continue) a training run; returns a summary with the best val mIoU, paths and the model.
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_iteration: int = 0, rank: int = 0, world: int = 1):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.start, self.rank, self.world = start_iteration, rank, world
-        self.iters_per_epoch = size // (batch_size * world)
-        if self.iters_per_epoch == 0:
-            raise PSPNetError(f"dataset has {size} samples, fewer than one batch of {batch_size} x {world} ranks")
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, skip = divmod(self.start, self.iters_per_epoch)
-        while True:
-            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-            mine = perm[self.rank::self.world][: self.iters_per_epoch * self.batch_size]
-            for i in mine[skip * self.batch_size:]:
-                yield epoch, i
-            epoch, skip = epoch + 1, 0
-
-    def __len__(self) -> int:  # endless; DataLoader never needs the length of an iterable-like sampler here
-        return 2**62
-
-
-class SeededSamples(Dataset):
-    """Seeds Python and torch RNGs from (seed, epoch, index) before each sample's augmentation."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        sample_seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
-        random.seed(sample_seed)
-        torch.manual_seed(sample_seed % 2**63)
-        return self.dataset[index]
-
-
-def loss_weights(spec: str | list[float] | None, dataset) -> torch.Tensor | None:
-    """Per-class loss weights; median frequency balancing (SegNet) lifts rare classes such as poles.
-
-    The frequency of a class is its pixel count over the pixels of the images it appears in.
+    ``resume``: a checkpoint or run folder (an error if it has none), ``True`` for ``cfg.out_dir``'s
+    last.pt, or ``"auto"`` to continue if a checkpoint is there and start otherwise. Without it an
+    existing run folder is refused unless ``overwrite``. ``stop_after`` ends this call after that many
+    iterations with a checkpoint (for time-boxed jobs).
     """
-    if spec is None:
-        return None
-    n = dataset.num_classes
-    if isinstance(spec, (list, tuple)):
-        if len(spec) != n:
-            raise PSPNetError(f"class_weights has {len(spec)} values for {n} classes")
-        return torch.tensor(spec, dtype=torch.float32)
-    if spec not in ("median_frequency", "sqrt_median_frequency"):
-        raise PSPNetError(f"class_weights must be a list, 'median_frequency' or 'sqrt_median_frequency', got {spec!r}")
-    pixels, image_pixels = np.zeros(n), np.zeros(n)
-    for i in range(len(dataset)):
-        mask = dataset.load_mask(i)
-        counts = np.bincount(mask[mask != 255].ravel(), minlength=n)[:n]
-        pixels += counts
-        image_pixels += (counts > 0) * mask.size
-    freq = pixels / np.maximum(image_pixels, 1)
-    weights = np.where(freq > 0, np.median(freq[freq > 0]) / np.maximum(freq, 1e-12), 0.0)
-    if spec == "sqrt_median_frequency":
-        weights = np.sqrt(weights)
-    return torch.tensor(weights, dtype=torch.float32)
+    run = _setup(cfg, resume, overwrite)
+    _loop(run, stop_after, progress)
+    return _finish(run)
 
 
-def poly_lr(iteration: int, total: int, power: float = 0.9, warmup: int = 0) -> float:
-    """Multiplier of the base lr: linear warm-up, then (1 - it/total)^power (semseg's poly schedule)."""
-    if warmup and iteration < warmup:
-        return (iteration + 1) / warmup
-    return (1 - iteration / total) ** power
+# ---- setup ----------------------------------------------------------------------------------------------------------
 
 
-def param_groups(model: PSPNet, head_lr_mult: float, lr: float) -> list[dict[str, Any]]:
-    """Backbone at lr, the newly initialised heads (ppm, cls, aux) at lr x head_lr_mult."""
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
-    return [{"params": backbone, "lr": lr, "base_lr": lr}, {"params": head, "lr": lr * head_lr_mult, "base_lr": lr * head_lr_mult}]
+def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) -> Run:
+    rank, local_rank, world = _distributed()
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = resolve_device(f"cuda:{local_rank}" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    precision = resolve_precision(cfg.precision, device)
+    out = Path(cfg.out_dir)
+
+    ckpt, ckpt_path = _checkpoint_to_resume(out, resume)
+
+    seed_everything(cfg.seed)
+    if not Path(cfg.data_root).exists():
+        raise PSPNetError(f"{cfg.data_root}: dataset root does not exist; pass the dataset's folder with --data-root")
+    train_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, **cfg.dataset_options)
+    if cfg.epochs is not None:
+        cfg = dataclasses.replace(cfg, iterations=epochs_to_iterations(cfg.epochs, len(train_set), cfg.batch_size,
+                                                                       world))
+    model = _build_model(cfg, train_set, resuming=ckpt is not None)
+    if ckpt is not None:
+        check_same_model(ckpt.get("config", {}), model.config, ckpt_path)
+    else:
+        _refuse_existing_run(out, overwrite)
+    if rank == 0:  # before anything is written, and after every check of the config, data and model
+        _prepare_run_folder(out, clear=overwrite and ckpt is None)
+
+    counts = pixel_counts(train_set, None if isinstance(cfg.class_weights, str) else SHARE_SAMPLE)
+    weight = loss_weights(cfg.class_weights, train_set, counts)
+    if model.aux is None and cfg.aux_weight:
+        raise PSPNetError("aux_weight > 0 needs a model with an aux head: pass --aux-weight 0, or drop "
+                          "model_kwargs aux: false")
+    mean, std = model.config["mean"], model.config["std"]
+    train_set.transform = train_transforms(cfg.crop_size, mean, std, cfg.scale, cfg.rotate,
+                                           augment=Augment.from_dict(cfg.augment))
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.head_lr_mult, cfg.lr), cfg.lr, cfg.momentum,
+                                cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: poly_lr(it, cfg.iterations, cfg.power, cfg.warmup_iters))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    start, best_miou, history, rng = 0, -1.0, [], None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, best_miou, history, rng = ckpt["iteration"], ckpt["best_miou"], ckpt.get("history", []), ckpt["rng"]
+
+    net: nn.Module = model
+    if world > 1:
+        if device.type == "cuda":  # PyTorch's SyncBatchNorm has no CPU kernel
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world)
+    loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=cfg.workers > 0)
+    val_set = None
+    if cfg.val_split and rank == 0:
+        val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, eval_transforms(mean, std),
+                                **cfg.dataset_options)
+    log = RunLogger(out, cfg.tensorboard, cfg.wandb, cfg.to_dict(), enabled=rank == 0)
+    run = Run(cfg, out, device, precision, rank, world, own_group, model, net, optimizer, scheduler, scaler,
+              build_criterion(cfg.loss, weight.to(device) if weight is not None else None),
+              model.aux is not None and cfg.aux_weight > 0, sampler, loader, val_set, log, start, best_miou, history,
+              rng)
+    summary = format_summary(_summary_rows(run, train_set, ckpt_path if ckpt is not None else None),
+                             train_set.class_names, counts[0] / max(counts[0].sum(), 1), weight, counts[2],
+                             len(train_set))
+    log.info("training run\n%s", summary)
+    log.text("run/summary", summary, start)
+    if rank == 0:
+        _write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+    return run
+
+
+def _checkpoint_to_resume(out: Path, resume: str | Path | bool | None
+                          ) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint this run continues from (None for a new run)."""
+    if resume == "auto":
+        has = (out / LAST).is_file() or (out / PREVIOUS).is_file()
+        return load_with_fallback(find_checkpoint(out)) if has else (None, None)
+    if resume is True:
+        return load_with_fallback(find_checkpoint(out))
+    if resume:
+        return load_with_fallback(find_checkpoint(resume))
+    return None, None
+
+
+def _refuse_existing_run(out: Path, overwrite: bool) -> None:
+    """A new run never mixes into an old run's folder unless asked to replace it."""
+    # train_config.json alone is a start that failed before its first checkpoint: nothing to lose
+    existing = [name for name in RUN_FILES if (out / name).exists() and name != "train_config.json"]
+    if existing and not overwrite:
+        raise PSPNetError(f"{out}: already holds a training run ({', '.join(existing[:3])}); continue it with "
+                          "--resume, start again with --overwrite, or pick a new --out-dir")
+
+
+def _prepare_run_folder(out: Path, clear: bool) -> None:
+    """Create the run folder and prove it writable before the first iteration; ``clear`` empties an old run."""
+    if out.exists() and not out.is_dir():
+        raise PSPNetError(f"{out}: exists and is not a folder; pass another --out-dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if clear:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "tb", ignore_errors=True)
+        for stale in out.glob(".*.tmp"):  # left by a save that a SIGKILL interrupted
+            stale.unlink(missing_ok=True)
+        probe = out / f".write_test.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PSPNetError(f"{out}: cannot write the run folder ({err.strerror or err}); pass a writable "
+                          "--out-dir") from err
+
+
+def _build_model(cfg: TrainConfig, train_set: Any, resuming: bool) -> PSPNet:
+    model_kwargs = {"class_names": train_set.class_names, "palette": train_set.palette,
+                    **cfg.resolved_model_kwargs}
+    try:
+        model = create_model(cfg.model_name, num_classes=train_set.num_classes,
+                             pretrained_backbone=False if resuming else cfg.pretrained_backbone, **model_kwargs)
+    except (TypeError, ValueError) as err:
+        raise PSPNetError(f"model {cfg.model_name} with model_kwargs {cfg.model_kwargs}: {err}; see `pspnet models` "
+                          "and --set model_kwargs=...") from err
+    if cfg.init_weights and not resuming:
+        # weights for another class count are refused with a message on giving them a new head
+        init = PSPNet.from_pretrained(cfg.init_weights, num_classes=model.num_classes)
+        load_init_weights(model, init, cfg.init_weights)
+    return model
+
+
+def check_same_model(saved: dict[str, Any], current: dict[str, Any], source: Path | None) -> None:
+    """Refuse to resume into a model whose config differs from the checkpoint's, naming every difference."""
+    diffs = [f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now"
+             for k in sorted(set(saved) & set(current)) if saved[k] != current[k]]
+    if diffs:
+        raise PSPNetError(f"{source}: the checkpoint is of another model ({'; '.join(diffs)}); resume without the "
+                          "options that change the model, or start a new run with another --out-dir")
 
 
 def load_init_weights(model: PSPNet, init: PSPNet, source: str) -> None:
@@ -189,207 +263,159 @@ def load_init_weights(model: PSPNet, init: PSPNet, source: str) -> None:
         raise PSPNetError(f"{source}: init weights lack {len(trunk)} tensors of this model, e.g. {trunk[:3]}")
     fresh = sorted({k.split(".")[0] for k in result.missing_keys})
     if fresh:
-        print(f"init weights from {source}; newly initialised: {', '.join(fresh)}", file=sys.stderr)
+        import logging
+
+        logging.getLogger("pspnet.train").info("init weights from %s; newly initialised: %s", source,
+                                               ", ".join(fresh))
 
 
-def _distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG the run touches, as tensors and ints only, so ``torch.load(weights_only=True)`` reads it back."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    numpy_state = state.get("numpy")
-    if isinstance(numpy_state, (list, tuple)) and isinstance(numpy_state[1], torch.Tensor):
-        kind, keys, pos, has_gauss, gauss = numpy_state
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    # (older checkpoints pickled a numpy array, which the safe loader cannot rebuild; nothing here draws from numpy)
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or continue) a training run; returns a summary with the best val mIoU, paths and the model.
-
-    ``stop_after`` ends this call after that many iterations with a checkpoint (for time-boxed jobs);
-    ``resume="auto"`` then carries on exactly where it stopped.
-    """
-    rank, local_rank, world = _distributed()
-    own_group = world > 1 and not dist.is_initialized()
-    if own_group:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = resolve_device(f"cuda:{local_rank}" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    precision = resolve_precision(cfg.precision, device)
-    out = Path(cfg.out_dir)
-    is_main = rank == 0
-
-    ckpt = None
-    if resume:
-        resume_path = out / "last.pt" if resume in (True, "auto") else Path(resume)
-        if resume == "auto" and not resume_path.exists():
-            resume_path = None
-        ckpt = load_checkpoint(resume_path) if resume_path else None
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    train_set = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, **cfg.dataset_options)
-    if cfg.epochs is not None:
-        cfg = dataclasses.replace(cfg, iterations=epochs_to_iterations(cfg.epochs, len(train_set), cfg.batch_size,
-                                                                       world))
-    model_kwargs = {"class_names": train_set.class_names, "palette": train_set.palette, **cfg.model_kwargs}
-    model = create_model(cfg.model, num_classes=train_set.num_classes,
-                         pretrained_backbone=False if ckpt else cfg.pretrained_backbone, **model_kwargs)
-    if cfg.init_weights and ckpt is None:
-        # weights for another class count are refused with a message on giving them a new head
-        init = PSPNet.from_pretrained(cfg.init_weights, num_classes=model.num_classes)
-        load_init_weights(model, init, cfg.init_weights)
-    weight = loss_weights(cfg.class_weights, train_set)
-    weight = weight.to(device) if weight is not None else None
-    if model.aux is None and cfg.aux_weight:
-        raise PSPNetError("aux_weight > 0 needs a model built with aux=True")
-    with_aux = bool(cfg.aux_weight)
-    mean, std = model.config["mean"], model.config["std"]
-    train_set.transform = train_transforms(cfg.crop_size, mean, std, cfg.scale, cfg.rotate)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    groups = param_groups(model, cfg.head_lr_mult, cfg.lr)
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[tuple[str, str]]:
+    cfg, model = run.cfg, run.model
+    c = model.config
+    total = sum(p.numel() for p in model.parameters())
+    if resumed_from is not None:
+        init = f"resumed from {resumed_from} at iteration {run.start}"
+    elif cfg.init_weights:
+        init = f"init weights {cfg.init_weights}"
+    elif isinstance(cfg.pretrained_backbone, str):
+        init = f"ImageNet backbone from {cfg.pretrained_backbone}"
+    elif cfg.pretrained_backbone:
+        package = EFFICIENTNET_LITE_PACKAGES.get(c["backbone"])
+        init = (f"ImageNet backbone from the {package.replace('_', '-')} package (offline)" if package
+                else "ImageNet backbone from timm (its cache or the Hugging Face Hub)")
     else:
-        raise PSPNetError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: poly_lr(it, cfg.iterations, cfg.power, cfg.warmup_iters))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        init = "random: training from scratch (--no-pretrained)"
+    arch = (f"{cfg.model_name}: backbone {c['backbone']}, output stride {c['output_stride']}, "
+            f"bins {c['bins']}, decoder {c['decoder_channels'] or 'none'}, aux head {'yes' if model.aux else 'no'}")
+    val = f", val {len(run.val_set)}" if run.val_set is not None else ""  # type: ignore[arg-type]
+    precision = run.precision if cfg.precision == run.precision else f"{run.precision} (from {cfg.precision})"
+    ranks = f" x {run.world} ranks" if run.world > 1 else ""
+    return [
+        ("device", f"{run.device}{ranks}"),
+        ("precision", precision),
+        ("model", arch),
+        ("parameters", f"{total / 1e6:.2f} M ({sum(p.numel() for p in model.backbone.parameters()) / 1e6:.2f} M "
+                       "backbone)"),
+        ("weights", init),
+        ("dataset", f"{cfg.dataset} at {cfg.data_root}: train {len(train_set)}{val}"),
+        ("schedule", f"{cfg.iterations} iterations of {cfg.batch_size} x {tuple(cfg.crop_size)} crops "
+                     f"({cfg.iterations / run.sampler.iters_per_epoch:.1f} epochs), {cfg.optimizer} lr {cfg.lr:g} "
+                     f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"),
+        ("loss", cfg.loss + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
+                             if cfg.class_weights is not None else "")),
+        ("output", str(run.out)),
+    ]
 
-    start, best_miou, history = 0, -1.0, []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, best_miou, history = ckpt["iteration"], ckpt["best_miou"], ckpt.get("history", [])
 
-    net: nn.Module = model
-    sync_bn = world > 1 and device.type == "cuda"  # PyTorch's SyncBatchNorm has no CPU kernel
-    if world > 1:
-        if sync_bn:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+# ---- loop -----------------------------------------------------------------------------------------------------------
 
-    sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world)
-    loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=cfg.workers > 0)
-    val_set = None
-    if cfg.val_split and is_main:
-        val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, eval_transforms(mean, std),
-                                **cfg.dataset_options)
 
-    writer = _tensorboard(out) if cfg.tensorboard and is_main else None
-    wandb_run = _wandb(cfg) if cfg.wandb and is_main else None
-
-    def save(name: str, iteration: int) -> None:
-        atomic_save({"model": model.state_dict(), "config": {**model.config}, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "iteration": iteration,
-                     "epoch": iteration // sampler.iters_per_epoch, "best_miou": best_miou, "rng": _rng_state(),
-                     "train_config": dataclasses.asdict(cfg), "history": history}, out / name)
-
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a save that a SIGKILL interrupted
-            stale.unlink(missing_ok=True)
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    net.train()
-    bar = tqdm(total=cfg.iterations, initial=start, desc="train", disable=not (progress and is_main),
+def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
+    cfg = run.cfg
+    run.net.train()
+    bar = tqdm(total=cfg.iterations, initial=run.start, desc="train", disable=not (progress and run.is_main),
                dynamic_ncols=True)
-    batches = iter(loader)  # draws the loader's base seed from the global RNG, so restore the RNG after it
-    if ckpt is not None:
-        _set_rng_state(ckpt["rng"])
+    batches = iter(run.loader)  # draws the loader's base seed from the global RNG, so restore the RNG after it
+    if run.resumed_rng is not None:
+        set_rng_state(run.resumed_rng)
     t_last = time.perf_counter()
-    end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
-    for it in range(start, end):
-        try:
-            images, masks = next(batches)
-        except PSPNetError as err:  # raised in a loader worker, its message carries the worker's traceback
-            raise PSPNetError(str(err).strip().splitlines()[-1].removeprefix("pspnet.errors.PSPNetError: ")) from err
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            outputs = net(images, return_aux=with_aux)
-        logits, aux = outputs if with_aux else (outputs, None)
-        main_loss = F.cross_entropy(logits.float(), masks, weight, ignore_index=255)
-        loss = main_loss + cfg.aux_weight * F.cross_entropy(aux.float(), masks, weight, ignore_index=255) if aux is not None else main_loss
-        if not torch.isfinite(loss):
-            last = out / "last.pt"
-            raise PSPNetError(f"loss became {loss.item()} at iteration {it + 1}: training diverged. Lower the "
-                              f"learning rate (now {scheduler.get_last_lr()[0]:.3g}), add --warmup-iters or use "
-                              "--precision fp32; " + (f"the last good checkpoint is {last}" if last.exists()
-                                                      else "no checkpoint was written yet"))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        done = it + 1
-        if is_main:
-            lr = optimizer.param_groups[0]["lr"]
+    end = cfg.iterations if stop_after is None else min(cfg.iterations, run.start + stop_after)
+    try:
+        for it in range(run.start, end):
+            images, masks = _next_batch(batches)
+            images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            try:
+                loss, main_loss = train_step(run.net, images, masks, criterion=run.criterion, has_aux=run.has_aux,
+                                             aux_weight=cfg.aux_weight, optimizer=run.optimizer,
+                                             scheduler=run.scheduler, scaler=run.scaler, device=run.device,
+                                             precision=run.precision)
+            except FloatingPointError as err:
+                raise _diverged(run, err.args[0], it + 1) from None
+            done = it + 1
+            if not run.is_main:
+                continue
+            lr = run.optimizer.param_groups[0]["lr"]
             bar.update(1)
-            bar.set_postfix(loss=f"{main_loss.item():.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{main_loss:.3f}", lr=f"{lr:.2e}")
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 now = time.perf_counter()
-                record = {"iteration": done, "loss": loss.item(), "main_loss": main_loss.item(), "lr": lr,
-                          "sec_per_iter": (now - t_last) / min(cfg.log_every, done - start)}
+                run.history.append({"iteration": done, "loss": loss, "main_loss": main_loss, "lr": lr,
+                                    "sec_per_iter": (now - t_last) / min(cfg.log_every, done - run.start)})
                 t_last = now
-                history.append(record)
-                _log(writer, wandb_run, {"train/loss": record["loss"], "train/lr": lr}, done)
-            if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.iterations):
-                metrics = evaluate(model, val_set, model.num_classes, device=device, precision=precision,
-                                   progress=False, class_names=model.class_names)
-                history.append({"iteration": done, "val_miou": metrics.miou, "val_macc": metrics.macc,
-                                "val_aacc": metrics.aacc})
-                _log(writer, wandb_run, {"val/mIoU": metrics.miou, "val/mAcc": metrics.macc}, done)
-                if writer is not None and cfg.tb_images:
-                    _log_overlays(writer, model, val_set, cfg.tb_images, device, precision, done)
-                bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mAcc {100 * metrics.macc:.2f}")
-                if metrics.miou > best_miou:
-                    best_miou = metrics.miou
-                    save("best.pt", done)
-                    save_safetensors(model, out / "best.safetensors")
-                    (out / "best_metrics.json").write_text(json.dumps({"iteration": done, **metrics.to_dict()}, indent=2))
+                run.log.scalars({"train/loss": loss, "train/lr": lr}, done)
+            if run.val_set is not None and (done % cfg.eval_every == 0 or done == cfg.iterations):
+                _validate(run, done, bar)
             if done % cfg.checkpoint_every == 0 or done in (cfg.iterations, end):
-                save("last.pt", done)
-    bar.close()
-    if world > 1 and not sync_bn:
-        _average_buffers(model, world)  # plain BN: each rank's running stats saw only its own data
-    if is_main:
-        save_safetensors(model, out / "last.safetensors")
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        if writer is not None:
-            writer.close()
-    if world > 1:
+                _save(run, LAST, done)
+    except OSError as err:  # e.g. the run folder was made read-only or the disk filled up mid-run
+        raise PSPNetError(f"{run.out}: cannot write ({err.strerror or err}); make it writable, then continue "
+                          "with --resume") from err
+    finally:
+        bar.close()
+
+
+def _next_batch(batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        return next(batches)
+    except PSPNetError as err:  # raised in a loader worker, its message carries the worker's traceback
+        raise PSPNetError(str(err).strip().splitlines()[-1].removeprefix("pspnet.errors.PSPNetError: ")) from err
+
+
+def _diverged(run: Run, value: float, iteration: int) -> PSPNetError:
+    last = run.out / LAST
+    return PSPNetError(f"loss became {value} at iteration {iteration}: training diverged. Lower the learning rate "
+                       f"(--lr, now {run.scheduler.get_last_lr()[0]:.3g}), add --warmup-iters or use --precision "
+                       "fp32; " + (f"the last good checkpoint is {last}" if last.exists()
+                                   else "no checkpoint was written yet"))
+
+
+def _validate(run: Run, done: int, bar: tqdm) -> None:
+    """Evaluate on the val split, log it, keep the best weights and warn if the run has collapsed."""
+    metrics = evaluate(run.model, run.val_set, run.model.num_classes, device=run.device, precision=run.precision,
+                       progress=False, class_names=run.model.class_names)
+    run.history.append({"iteration": done, "val_miou": metrics.miou, "val_macc": metrics.macc,
+                        "val_aacc": metrics.aacc})
+    run.log.scalars({"val/mIoU": metrics.miou, "val/mAcc": metrics.macc}, done)
+    run.log.overlays(run.model, run.val_set, run.cfg.tb_images, run.device, run.precision, done)
+    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mAcc {100 * metrics.macc:.2f}")
+    warning = collapse_warning(metrics.confusion_matrix, run.model.class_names, done)
+    if warning:
+        run.log.warning("%s", warning)
+        run.log.text("run/warnings", warning, done)
+    if metrics.miou > run.best_miou:
+        run.best_miou = metrics.miou
+        _save(run, "best.pt", done)
+        save_safetensors(run.model, run.out / "best.safetensors")
+        _write_text(run.out / "best_metrics.json", json.dumps({"iteration": done, **metrics.to_dict()}, indent=2))
+
+
+def _save(run: Run, name: str, iteration: int) -> None:
+    atomic_save({"model": run.model.state_dict(), "config": {**run.model.config},
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "scaler": run.scaler.state_dict(), "iteration": iteration,
+                 "epoch": iteration // run.sampler.iters_per_epoch, "best_miou": run.best_miou, "rng": rng_state(),
+                 "train_config": run.cfg.to_dict(), "history": run.history}, run.out / name,
+                keep_previous=name == LAST)
+
+
+# ---- finish ---------------------------------------------------------------------------------------------------------
+
+
+def _finish(run: Run) -> dict[str, Any]:
+    if run.world > 1 and run.device.type != "cuda":
+        _average_buffers(run.model, run.world)  # plain BN: each rank's running stats saw only its own data
+    if run.is_main:
+        save_safetensors(run.model, run.out / "last.safetensors")
+        _write_text(run.out / "history.json", json.dumps(run.history, indent=1))
+    run.log.close()
+    if run.world > 1:
         dist.barrier()
-        if own_group:
+        if run.own_group:
             dist.destroy_process_group()
-    return {"best_miou": best_miou, "out_dir": str(out), "iterations": cfg.iterations, "history": history,
-            "model": model}
+    return {"best_miou": run.best_miou, "out_dir": str(run.out), "iterations": run.cfg.iterations,
+            "history": run.history, "model": run.model}
 
 
 def _average_buffers(model: nn.Module, world: int) -> None:
@@ -400,52 +426,46 @@ def _average_buffers(model: nn.Module, world: int) -> None:
             buf /= world
 
 
-@torch.no_grad()
-def _log_overlays(writer, model: PSPNet, dataset: Dataset, count: int, device: torch.device, precision: str,
-                  step: int) -> None:
-    """A few val images as image | ground truth | prediction strips (cheap: ``count`` forward passes)."""
-    from pspnet.inference.visualize import colorize
+# ---- helpers --------------------------------------------------------------------------------------------------------
 
-    model.eval()
-    mean = torch.tensor(model.config["mean"]).view(3, 1, 1)
-    std = torch.tensor(model.config["std"]).view(3, 1, 1)
-    palette = model.config["palette"]
+
+def resume_config(target: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, Path, list[str]]:
+    """The saved config of the run that ``target`` (a checkpoint or run folder) belongs to, with ``overrides``.
+
+    Returns (config, checkpoint path, one message per override that changes a saved value). The run
+    folder is the checkpoint's folder unless ``out_dir`` is overridden.
+    """
+    path = find_checkpoint(target)
+    ckpt, path = load_with_fallback(path)
+    saved = ckpt.get("train_config")
+    if not isinstance(saved, dict):
+        raise PSPNetError(f"{path}: the checkpoint holds no training config; resume it from Python with "
+                          "train(cfg, resume=path)")
+    values = {**saved, "out_dir": str(path.parent)}
+    changed = [f"{k}={v!r} overrides the run's {values.get(k)!r}" for k, v in overrides.items()
+               if k in values and _differs(values[k], v)]
+    values.update(overrides)
+    return TrainConfig.from_dict(values, source=f"{path} (saved config with overrides)"), path, changed
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Whether two config values differ, a tuple and a list of the same items being the same."""
+    return (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a small file atomically (temporary file, then rename), so a crash never leaves half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        for i in range(min(count, len(dataset))):
-            image, mask = dataset[i]
-            with autocast(device, precision):
-                pred = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
-            rgb = ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            truth = colorize(mask.numpy(), palette)
-            truth[mask.numpy() == 255] = 0
-            blend = (0.5 * rgb + 0.5 * colorize(pred, palette)).astype(np.uint8)
-            writer.add_image(f"val/sample_{i}", np.concatenate([rgb, truth, blend], 1), step, dataformats="HWC")
+        tmp.write_text(text)
+        os.replace(tmp, path)
     finally:
-        model.train()
+        tmp.unlink(missing_ok=True)
 
 
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))
-
-
-def _wandb(cfg: TrainConfig):
-    try:
-        import wandb
-    except ImportError as err:
-        raise PSPNetError("--wandb needs the wandb package: pip install wandb") from err
-    return wandb.init(project="pspnet", config=dataclasses.asdict(cfg))
-
-
-def _log(writer, wandb_run, scalars: dict[str, float], step: int) -> None:
-    if writer is not None:
-        for k, v in scalars.items():
-            writer.add_scalar(k, v, step)
-    if wandb_run is not None:
-        wandb_run.log(scalars, step=step)
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
 def epochs_to_iterations(epochs: float, dataset_size: int, batch_size: int, world: int = 1) -> int:

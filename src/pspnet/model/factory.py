@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pspnet.errors import PSPNetError
 from pspnet.model.pspnet import PSPNet
 from pspnet.model.resnet import DEPTHS
 
@@ -27,6 +28,9 @@ def create_model(name: str = "pspnet_resnet50", num_classes: int = 21, **kwargs:
     ``pspnet_resnet{18,34,50,101,152}`` is the paper's deep-stem dilated ResNet (semseg layout),
     ``pspnet_resnet50_v1c`` mmsegmentation's variant, and ``pspnet_<timm name>`` (or
     ``create_model("pspnet", backbone=<timm name>)``) any timm model with ``features_only``.
+
+    ``pretrained_backbone``: ``True`` loads a timm backbone's ImageNet weights; for the deep-stem ResNet
+    it is the path of an ImageNet weights file (semseg, mmseg or timm layout, see ``pretrained.py``).
     """
     if not name.startswith("pspnet"):
         raise ValueError(f"model names start with 'pspnet', got {name!r}")
@@ -36,4 +40,15 @@ def create_model(name: str = "pspnet_resnet50", num_classes: int = 21, **kwargs:
         kwargs = {**V1C, **kwargs}
     if backbone not in {f"resnet{d}" for d in DEPTHS}:
         kwargs = {**_timm_norm(backbone), **kwargs}
-    return PSPNet(num_classes=num_classes, backbone=backbone, **kwargs)
+        return PSPNet(num_classes=num_classes, backbone=backbone, **kwargs)
+    weights = kwargs.pop("pretrained_backbone", False)
+    if weights is True:
+        raise PSPNetError(f"{name}: ImageNet weights for the deep-stem ResNet come from a local file: pass "
+                          "--backbone-weights FILE (semseg resnet50_v2.pth, mmseg resnet50_v1c or timm resnet50d; "
+                          "pretrained_backbone='FILE' in Python), or train from scratch with --no-pretrained")
+    model = PSPNet(num_classes=num_classes, backbone=backbone, **kwargs)
+    if weights:
+        from pspnet.model.pretrained import load_backbone_weights
+
+        load_backbone_weights(model.backbone, weights)
+    return model

@@ -1,0 +1,99 @@
+"""Option groups shared by several subcommands, defined once so their names, choices and help agree.
+
+Nothing here imports torch: ``pspnet --help`` builds every parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from pspnet.errors import PSPNetError
+
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+BACKENDS = ["torch", "onnxruntime"]
+# pspnet.data.DATASETS' names (a test keeps the two equal; importing pspnet.data here would load torch)
+DATASET_NAMES = ["ade20k", "camvid", "coco-stuff", "coco_stuff", "cityscapes", "folder", "list", "voc", "voc2012"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; an option without one (default None) shows none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose subcommands use :class:`HelpFormatter` unless they ask for another."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument("--device", default=default,
+                        help="cpu, cuda, cuda:N or mps; auto picks the first GPU if there is one, else the CPU")
+
+
+def add_precision(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    parser.add_argument("--precision", default=default, choices=PRECISIONS,
+                        help="auto: bf16 where the device computes it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs), "
+                             "fp16 autocast on older GPUs, else fp32")
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="onnxruntime runs an .onnx file, or exports the model once into the cache")
+
+
+def add_model(parser: argparse.ArgumentParser, default: str = "camvid") -> None:
+    parser.add_argument("--model", default=default,
+                        help="bundled name (camvid), .safetensors/.pth/.onnx file, model folder or Hub id")
+
+
+def add_dataset(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--dataset``, ``--data-root`` and ``--data-opt``."""
+    parser.add_argument("--dataset", required=required, choices=DATASET_NAMES, metavar="NAME",
+                        help=f"dataset layout: {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--data-root", required=required, help="the dataset's folder")
+    parser.add_argument("--data-opt", action="append", default=[], metavar="KEY=YAML",
+                        help="folder/list dataset options, e.g. --data-opt num_classes=2 --data-opt binary=true")
+
+
+def parse_options(items: list[str], flag: str = "--data-opt") -> dict:
+    """``KEY=YAML`` pairs (``--data-opt num_classes=3``) as a dict."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PSPNetError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise PSPNetError(f"{flag} {item!r}: the value is not valid YAML ({err})") from err
+    return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts), refused with the value in the message."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; expected an integer >= 1")
+    return value
+
+
+def model_for_backend(model: str, backend: str) -> str | Path:
+    """``--model`` as the backend runs it: for onnxruntime an exported .onnx (made once, then cached)."""
+    if backend != "onnxruntime":
+        return model
+    from pspnet.export.onnx import cached_onnx
+
+    return cached_onnx(model)
