@@ -202,16 +202,16 @@ def run_local(seg, plan: Sequence[Planned], out: Path, fingerprint: str, alpha: 
     videos = [p for p in plan if not p.skip and p.source.kind == "video"]
     for i in range(0, len(images), batch_size):
         rows = process_batch(seg, images[i:i + batch_size], manifest, alpha, stdin_data)
-        _tally(summary, rows)
+        tally(summary, rows)
         if progress:
             progress(len(rows))
     for p in videos:
-        _tally(summary, [process_video(seg, p, manifest, alpha, progress=progress is not None)])
+        tally(summary, [process_video(seg, p, manifest, alpha, progress=progress is not None)])
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _tally(summary: Summary, rows: Sequence[dict]) -> None:
+def tally(summary: Summary, rows: Sequence[dict]) -> None:
     for row in rows:
         if row["error"]:
             summary.failed.append((row["input"], row["error"]))
