@@ -90,6 +90,9 @@ def run_ray(plan: Sequence[Planned], out: Path, fingerprint: str, seg_kwargs: di
     todo = [p for p in plan if not p.skip]
     if not todo:
         return summary
+    model = seg_kwargs.get("model")
+    if isinstance(model, (str, Path)) and Path(model).exists():
+        seg_kwargs = {**seg_kwargs, "model": os.path.abspath(model)}
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
