@@ -85,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = merge_manifest(args.out)
     print(f"{args.out}: {summary.line()}; manifest {manifest}")
-    for path, error in summary.failed:
-        print(f"failed: {error}", file=sys.stderr)
+    if len(summary.failed) == 1:
+        raise PSPNetError(f"{summary.failed[0][1]} (every other input was written; see {manifest})")
     if summary.failed:
+        for _, error in summary.failed:
+            print(f"failed: {error}", file=sys.stderr)
         raise PSPNetError(f"{len(summary.failed)} of {len(plan)} input(s) failed (listed above, and in {manifest}); "
                           "every other input was written")
     return 0

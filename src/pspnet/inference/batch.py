@@ -158,7 +158,7 @@ def process_batch(seg, batch: Sequence[Planned], manifest: Manifest, alpha: floa
             good.append((p, image))
         except PSPNetError as err:
             msg = str(err) if str(p.source.path) in str(err) else f"{p.source.path}: {err}"
-            logger.warning("%s", msg)
+            logger.info("%s", msg)  # every failure is reported again at the end of the run
             rows.append(manifest.record(p, time.perf_counter() - start, error=msg))
     if good:
         probs = seg.probs_batch([im for _, im in good])
@@ -184,7 +184,7 @@ def process_video(seg, planned: Planned, manifest: Manifest, alpha: float, progr
         info = segment_video(planned.source.path, planned.outputs["video"], seg, alpha=alpha, progress=progress,
                              on_labels=count)
     except PSPNetError as err:
-        logger.warning("%s", err)
+        logger.info("%s", err)
         return {**manifest.record(planned, time.perf_counter() - start, error=str(err)), "frames": 0}
     total = shares.sum() or 1.0
     row = manifest.record(planned, time.perf_counter() - start,

@@ -203,12 +203,12 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_out_dir(out: Path) -> Path:
-    """Create ``out`` (and its state folder) and prove it is writable; a clear error otherwise."""
+    """Create ``out`` and prove it is writable (a file is made and removed); a clear error otherwise."""
     if out.exists() and not out.is_dir():
         raise PSPNetError(f"--out {out}: is a file, expected a folder")
     try:
-        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out / STATE_DIR, prefix=".probe-"):
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".pspnet-probe-"):
             pass
     except OSError as err:
         raise PSPNetError(f"--out {out}: cannot write there ({err.strerror or err})") from err
