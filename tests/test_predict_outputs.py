@@ -36,7 +36,7 @@ def _predict(capsys, *args) -> tuple[int, str]:
 @pytest.fixture
 def no_model(monkeypatch):
     """Any attempt to load a model fails the test: the refusal must come before inference."""
-    import pspnet.inference.segmenter as segmenter
+    from pspnet.inference import segmenter
 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the options were checked")

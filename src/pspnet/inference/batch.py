@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class Summary:
 
 def validate_numbers(scales: Sequence[float], alpha: float, batch_size: int, crop: Sequence[int] | None) -> None:
     """Option values in range, one message naming the option, the value and what is allowed."""
-    bad = [s for s in scales if not s > 0 or s != s or s == float("inf")]
+    bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
     if bad:
         raise PSPNetError(f"--scales {bad[0]:g}: every scale must be a finite number > 0 (e.g. 0.75 1 1.25)")
     if not 0 <= alpha <= 1:

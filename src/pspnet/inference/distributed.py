@@ -33,7 +33,7 @@ INSTALL = "--engine ray needs Ray Data: pip install 'pspnet[ray]' (or pip instal
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401  (the extra installs both; ray without [data] lacks pandas/pyarrow)
+        import ray.data  # the extra installs both; ray without [data] lacks pandas/pyarrow
     except ImportError as err:
         raise PSPNetError(INSTALL) from err
     return ray
