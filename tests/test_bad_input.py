@@ -196,7 +196,7 @@ CASES = [
     Case("zero-byte file", made(write("empty.png", b""), predict("empty.png")), ["empty.png", "file is empty (0 bytes)"]),
     Case("one bad image among good ones",
          made(lambda d: (save("good.png", lambda: noise(24, 16))(d), write("zz_empty.png", b"")(d)), predict("")),
-         ["zz_empty.png", "file is empty"]),
+         ["zz_empty.png", "file is empty"], writes="good"),
     Case("grayscale", made(save("gray.png", lambda: noise(24, 16, "L")), predict("gray.png")), [], 0, "gray"),
     Case("RGBA", made(save("rgba.png", lambda: noise(24, 16, "RGBA")), predict("rgba.png")), [], 0, "rgba"),
     Case("16-bit", made(save("deep.png", sixteen_bit), predict("deep.png")), [], 0, "deep"),
@@ -271,7 +271,12 @@ def test_bad_input(case: Case, tmp_path, tiny_model, capsys, monkeypatch):
     if case.code == 2:
         if case.creates:
             after = {k: v for k, v in after.items() if not k.startswith(f"{case.creates}/")}
+        # predict records every input in its manifest, failures too, and writes the good inputs of a folder
+        after = {k: v for k, v in after.items() if not k.startswith(("out/.pspnet/", "out/manifest.csv"))
+                 and not (case.writes and k.startswith(f"out/{case.writes}"))}
         assert after == before, "a failed command changed or added files"
+        if case.writes:
+            assert Image.open(out / f"{case.writes}.png").size == (24, 16)
         if case.says and argv[0] != "check-data":  # one line: "pspnet COMMAND: error: FILE: PROBLEM"
             assert captured.err.count("\n") == 1 and captured.err.startswith(f"pspnet {argv[0]}: error: ")
     else:

@@ -64,10 +64,10 @@ def test_predict_folder_recursive_glob_and_stdin(tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(src), "--out", str(out), "--no-progress"]) == 0
     assert Image.open(out / "a.png").size == (96, 72)
-    assert Image.open(out / "b.png").size == (80, 60)
+    assert Image.open(out / "sub" / "b.png").size == (80, 60)  # the input folder structure is mirrored
     out2 = tmp_path / "out2"
     assert main(["predict", str(src / "**" / "*.jpg"), "--out", str(out2), "--no-progress"]) == 0
-    assert [p.name for p in sorted(out2.glob("*.png"))] == ["b.png", "b_overlay.png"]
+    assert [p.name for p in sorted(out2.rglob("*.png"))] == ["b.png", "b_overlay.png"]
     buf = io.BytesIO()
     base.resize((64, 48)).save(buf, format="PNG")
     out3 = tmp_path / "out3"

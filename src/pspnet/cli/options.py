@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -88,6 +89,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not allowed; expected an integer >= 1")
     return value
+
+
+def add_segmenter(parser: argparse.ArgumentParser) -> None:
+    """Everything a ``Segmenter`` is built from (``pspnet predict`` and ``pspnet serve``)."""
+    add_model(parser)
+    add_device(parser)
+    add_precision(parser)
+    add_backend(parser)
+    parser.add_argument("--mode", default="whole", choices=["whole", "slide"],
+                        help="slide: sliding window for large images")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="sliding-window crop size")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale testing, e.g. 0.75 1 1.25")
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--batch-size", type=int, default=4, help="most images in one forward pass")
+
+
+def segmenter_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``Segmenter(**segmenter_kwargs(args))`` for the options of ``add_segmenter``."""
+    return {"model": model_for_backend(args.model, args.backend), "device": args.device, "precision": args.precision,
+            "backend": args.backend, "mode": args.mode, "crop": args.crop, "scales": args.scales, "flip": args.flip,
+            "batch_size": args.batch_size}
 
 
 def model_for_backend(model: str, backend: str) -> str | Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,7 @@ def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: floa
     fps = stream.average_rate or stream.guessed_rate or Fraction(25)
     total = stream.frames or None
     width, height = stream.codec_context.width, stream.codec_context.height
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
     dst = av.open(str(tmp), "w")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -104,5 +106,7 @@ def segment_video(path: str | Path, out_path: str | Path, segmenter, alpha: floa
             tmp.unlink(missing_ok=True)
     if count == 0:
         raise PSPNetError(f"{path}: no decodable frames")
-    tmp.replace(out_path)
+    with open(tmp, "rb") as f:  # on disk before it takes the final name, so a crash never leaves a torn video
+        os.fsync(f.fileno())
+    os.replace(tmp, out_path)  # replaces a symlink named out_path, never writes through it
     return {"frames": count, "width": width, "height": height, "fps": float(fps), "output": str(out_path)}

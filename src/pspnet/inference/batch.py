@@ -1,0 +1,221 @@
+"""Files in, predictions out: plan, check, then segment batch by batch, recording every result.
+
+The same :func:`process_batch` runs in local ``pspnet predict`` and in each Ray replica
+(``pspnet.inference.distributed``), so both engines write byte-identical files under the same names.
+A bad image is a failure row in the manifest and the run goes on; the caller reports failures at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pspnet.errors import PSPNetError
+from pspnet.inference.outputs import (Manifest, Planned, Source, atomic_write, check_out_dir, check_plan,
+                                      collect_inputs, mark_done, options_fingerprint, plan_outputs)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputOptions:
+    """Which files each image writes and how the overlay looks."""
+
+    overlay: bool = True
+    probs: bool = False
+    confidence: bool = False
+    alpha: float = 0.5
+
+    def kinds(self) -> list[str]:
+        return ["label"] + [k for k in ("overlay", "probs", "confidence") if getattr(self, k)]
+
+
+@dataclass
+class Summary:
+    """What a run did: inputs done, skipped as unchanged, failed (path, message), frames and seconds."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return (f"done {self.done}, skipped {self.skipped} (unchanged), failed {len(self.failed)}; "
+                f"{self.frames} frame(s) in {self.seconds:.1f} s = {rate:.2f} frames/s")
+
+
+def validate_numbers(scales: Sequence[float], alpha: float, batch_size: int, crop: Sequence[int] | None) -> None:
+    """Option values in range, one message naming the option, the value and what is allowed."""
+    bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
+    if bad:
+        raise PSPNetError(f"--scales {bad[0]:g}: every scale must be a finite number > 0 (e.g. 0.75 1 1.25)")
+    if not 0 <= alpha <= 1:
+        raise PSPNetError(f"--alpha {alpha:g}: must be between 0 (image only) and 1 (colours only)")
+    if batch_size < 1:
+        raise PSPNetError(f"--batch-size {batch_size}: must be at least 1")
+    if crop is not None and any(c < 1 for c in crop):
+        raise PSPNetError(f"--crop {' '.join(map(str, crop))}: height and width must be positive")
+
+
+def check_device(device: str) -> None:
+    """A device name torch knows and that exists here, else one line saying what is available."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise PSPNetError(f"--device {device}: not a device name (use auto, cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PSPNetError(f"--device {device}: no CUDA GPU is available here (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PSPNetError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PSPNetError(f"--device {device}: MPS is not available here (use cpu or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PSPNetError(f"--device {device}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+
+
+def prepare(items: Sequence[str], out: Path, outputs: OutputOptions, options: dict, overwrite: bool = False,
+            stdin: bool = False) -> tuple[list[Planned], str]:
+    """Inputs -> checked output plan and the options fingerprint; earlier finished inputs get ``skip``.
+
+    Everything that can be refused (out folder, name clashes with inputs or a user's files) is refused here,
+    before a model is loaded.
+    """
+    check_out_dir(out)
+    sources = collect_inputs(items)
+    if stdin:
+        sources.append(Source(Path("stdin"), Path("."), Path("stdin"), "stdin"))
+    plan = plan_outputs(sources, out, outputs.kinds())
+    check_plan(plan, out, [Path(i) for i in items if Path(i).is_dir()], overwrite)
+    fingerprint = options_fingerprint({**options, "outputs": outputs.kinds(), "alpha": outputs.alpha})
+    if not overwrite:
+        skipped = mark_done(plan, out, fingerprint)
+        if skipped:
+            logger.info("%d input(s) unchanged since an earlier run in %s: skipped", skipped, out)
+    return plan, fingerprint
+
+
+def class_shares(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    counts = np.bincount(labels.ravel(), minlength=len(class_names))[:len(class_names)]
+    return {name: float(c) / labels.size for name, c in zip(class_names, counts)}
+
+
+def write_image_outputs(seg, planned: Planned, image, probs: np.ndarray, alpha: float) -> dict[str, float]:
+    """Every planned file of one image, each written atomically; returns the class shares."""
+    from pspnet.inference.visualize import confidence_png, label_png
+
+    labels = probs.argmax(0).astype(np.uint8 if seg.num_classes <= 256 else np.int32)
+    for kind, dst in planned.outputs.items():
+        if kind == "label":
+            atomic_write(dst, lambda f: label_png(labels, seg.palette).save(f, format="PNG"))
+        elif kind == "overlay":
+            atomic_write(dst, lambda f: seg.overlay(image, labels, alpha=alpha).save(f, format="PNG"))
+        elif kind == "probs":
+            atomic_write(dst, lambda f: np.savez_compressed(f, probs=probs.astype(np.float16),
+                                                            class_names=np.array(seg.class_names)))
+        elif kind == "confidence":
+            atomic_write(dst, lambda f: confidence_png(probs.max(0)).save(f, format="PNG"))
+    return class_shares(labels, seg.class_names)
+
+
+def _decode(source: Source, stdin_data: bytes | None):
+    from pspnet.data.io import read_image, to_rgb
+
+    if source.kind != "stdin":
+        return read_image(source.path)
+    from PIL import Image, UnidentifiedImageError
+
+    if not stdin_data:
+        raise PSPNetError("stdin: no image data")
+    try:
+        return to_rgb(Image.open(io.BytesIO(stdin_data)))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise PSPNetError(f"stdin: not a decodable image ({err})") from err
+
+
+def process_batch(seg, batch: Sequence[Planned], manifest: Manifest, alpha: float,
+                  stdin_data: bytes | None = None) -> list[dict]:
+    """Decode, segment and write a batch of images; one manifest row each, failures included."""
+    rows: list[dict] = []
+    start = time.perf_counter()
+    good: list[tuple[Planned, object]] = []
+    for p in batch:
+        try:
+            image = _decode(p.source, stdin_data)
+            seg.check_size(image)
+            good.append((p, image))
+        except PSPNetError as err:
+            msg = str(err) if str(p.source.path) in str(err) else f"{p.source.path}: {err}"
+            logger.info("%s", msg)  # every failure is reported again at the end of the run
+            rows.append(manifest.record(p, time.perf_counter() - start, error=msg))
+    if good:
+        probs = seg.probs_batch([im for _, im in good])
+        per = (time.perf_counter() - start) / len(good)
+        for (p, image), pr in zip(good, probs):
+            t = time.perf_counter()
+            shares = write_image_outputs(seg, p, image, pr, alpha)
+            rows.append(manifest.record(p, per + time.perf_counter() - t, shares))
+    return rows
+
+
+def process_video(seg, planned: Planned, manifest: Manifest, alpha: float, progress: bool = False) -> dict:
+    """One video -> its overlay video (written to a temporary file, then moved into place); one manifest row."""
+    from pspnet.inference.video import segment_video
+
+    start = time.perf_counter()
+    shares = np.zeros(seg.num_classes)
+
+    def count(_: int, labels: np.ndarray) -> None:
+        shares[:] += np.bincount(labels.ravel(), minlength=seg.num_classes)[:seg.num_classes]
+
+    try:
+        info = segment_video(planned.source.path, planned.outputs["video"], seg, alpha=alpha, progress=progress,
+                             on_labels=count)
+    except PSPNetError as err:
+        logger.info("%s", err)
+        return {**manifest.record(planned, time.perf_counter() - start, error=str(err)), "frames": 0}
+    total = shares.sum() or 1.0
+    row = manifest.record(planned, time.perf_counter() - start,
+                          {n: float(c) / total for n, c in zip(seg.class_names, shares)})
+    return {**row, "frames": info["frames"]}
+
+
+def run_local(seg, plan: Sequence[Planned], out: Path, fingerprint: str, alpha: float, batch_size: int,
+              stdin_data: bytes | None = None, progress: Callable[[int], None] | None = None) -> Summary:
+    """Segment every planned input not marked ``skip`` in this process."""
+    summary = Summary(skipped=sum(p.skip for p in plan))
+    manifest = Manifest(out, fingerprint)
+    start = time.perf_counter()
+    images = [p for p in plan if not p.skip and p.source.kind in ("image", "stdin")]
+    videos = [p for p in plan if not p.skip and p.source.kind == "video"]
+    for i in range(0, len(images), batch_size):
+        rows = process_batch(seg, images[i:i + batch_size], manifest, alpha, stdin_data)
+        tally(summary, rows)
+        if progress:
+            progress(len(rows))
+    for p in videos:
+        tally(summary, [process_video(seg, p, manifest, alpha, progress=progress is not None)])
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def tally(summary: Summary, rows: Sequence[dict]) -> None:
+    for row in rows:
+        if row["error"]:
+            summary.failed.append((row["input"], row["error"]))
+        else:
+            summary.done += 1
+            summary.frames += int(row.get("frames", 1))
