@@ -159,7 +159,7 @@ def process_batch(seg, batch: Sequence[Planned], manifest: Manifest, alpha: floa
             good.append((p, image))
         except PSPNetError as err:
             msg = str(err) if str(p.source.path) in str(err) else f"{p.source.path}: {err}"
-            logger.info("%s", msg)  # every failure is reported again at the end of the run
+            logger.debug("%s", msg)  # every failure is reported once, at the end of the run
             rows.append(manifest.record(p, time.perf_counter() - start, error=msg))
     if good:
         probs = seg.probs_batch([im for _, im in good])
@@ -185,7 +185,7 @@ def process_video(seg, planned: Planned, manifest: Manifest, alpha: float, progr
         info = segment_video(planned.source.path, planned.outputs["video"], seg, alpha=alpha, progress=progress,
                              on_labels=count)
     except PSPNetError as err:
-        logger.info("%s", err)
+        logger.debug("%s", err)
         return {**manifest.record(planned, time.perf_counter() - start, error=str(err)), "frames": 0}
     total = shares.sum() or 1.0
     row = manifest.record(planned, time.perf_counter() - start,
