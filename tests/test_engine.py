@@ -138,7 +138,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
     real_save = torch.save
 
     def dying_save(obj, f, *args, **kwargs):  # the save of last.pt at iteration 4 writes half a file, then dies
-        if isinstance(obj, dict) and obj.get("iteration") == 4 and ".last.pt." in str(getattr(f, "name", f)):
+        if isinstance(obj, dict) and obj.get("iteration") == 4 and ".last." in str(getattr(f, "name", f)):
             f.write(b"PK half a checkpoint"); f.flush(); os.fsync(f.fileno())
             os.kill(os.getpid(), signal.SIGKILL)
         return real_save(obj, f, *args, **kwargs)
@@ -158,9 +158,9 @@ def test_sigkill_during_a_checkpoint_save_resumes_exactly(data, straight, tmp_pa
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2  # the save at 4 died half-way
-    assert list(tmp_path.glob(".last.pt.*.tmp"))  # its debris
+    assert list(tmp_path.glob(".last.*.tmp.pt"))  # its debris
     result = train(cfg, resume="auto", progress=False)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp*"))
     assert_same_state(straight[1]["model"].state_dict(), result["model"].state_dict())
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 import pspnet
 from pspnet.cli import main
-from pspnet.inference.outputs import Source, atomic_write_bytes, plan_outputs
+from pspnet.files import atomic_write
+from pspnet.inference.outputs import Source, plan_outputs
 
 SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
 
@@ -158,7 +159,7 @@ def test_atomic_write_replaces_a_link_not_its_target(tmp_path):
     victim.write_bytes(b"keep")
     link = tmp_path / "out.png"
     link.symlink_to(victim)
-    atomic_write_bytes(link, b"new")
+    atomic_write(link, lambda f: f.write(b"new"))
     assert victim.read_bytes() == b"keep" and link.read_bytes() == b"new" and not link.is_symlink()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 

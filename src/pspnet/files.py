@@ -1,7 +1,8 @@
 """File helpers every layer uses: atomic writes and the checks before reading a file.
 
 A reader, a crash or a kill must see the old file or the new one, never half of one: every file
-pspnet writes goes through ``atomic_path`` (temp file in the same folder, fsync, rename).
+pspnet writes goes through ``atomic_path`` (temp file in the same folder, fsync, rename), directly
+or through ``atomic_write`` / ``atomic_write_text``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from pspnet.errors import PSPNetError
 
@@ -32,7 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        tmp.chmod(0o644)  # mkstemp makes 0600 files; outputs are meant to be read by others too
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -42,6 +43,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` into a binary file that becomes ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def require_file(path: str | Path, what: str = "file") -> Path:

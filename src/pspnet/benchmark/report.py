@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pspnet.benchmark.run import MIN_AGREEMENT
+from pspnet.files import atomic_write_text
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -118,7 +119,5 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     """The whole result as indented JSON; values JSON has no type for (paths) as strings."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
-    return path
+    atomic_write_text(path, json.dumps(result, indent=2, default=str))
+    return Path(path)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pspnet.errors import PSPNetError
+from pspnet.files import require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 # Pillow format ids tried, in this order (the JPEG opener also reads the multi-picture JPEGs phones write).
@@ -42,15 +43,8 @@ def open_image(source: str | Path | bytes, decode: bool = True, *, name: str | N
             raise PSPNetError(f"{label}: empty (0 bytes)")
         fp = io.BytesIO(source)
     else:
-        path = Path(source)
-        label = name or str(path)
-        if not path.exists():
-            raise PSPNetError(f"{label}: no such file")
-        if path.is_dir():
-            raise PSPNetError(f"{label}: is a directory, expected an image file")
-        if path.stat().st_size == 0:
-            raise PSPNetError(f"{label}: file is empty (0 bytes)")
-        fp = path
+        fp = require_file(source, "an image file")
+        label = name or str(fp)
     try:
         img = Image.open(fp, formats=FORMATS)
     except PermissionError as err:

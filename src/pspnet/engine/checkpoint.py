@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pspnet.errors import PSPNetError
+from pspnet.files import atomic_path
 from pspnet.model.serialization import safe_torch_load
 
 logger = logging.getLogger(__name__)
@@ -29,21 +30,14 @@ def atomic_save(obj: Any, path: str | Path, keep_previous: bool = False) -> None
     With ``keep_previous`` the file being replaced is kept as ``<stem>.prev<suffix>``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.is_file():
-            os.replace(path, previous_of(path))
-        os.replace(tmp, path)
+            if keep_previous and path.is_file():
+                os.replace(path, previous_of(path))
     except OSError as err:
         raise PSPNetError(f"{path}: cannot write the checkpoint ({err.strerror or err}); free space or make the "
                           "folder writable, then continue with --resume") from err
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def previous_of(path: Path) -> Path:

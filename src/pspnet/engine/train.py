@@ -35,6 +35,7 @@ from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, par
                                 train_step)
 from pspnet.engine.summary import SHARE_SAMPLE, collapse_warning, format_summary, loss_weights, pixel_counts
 from pspnet.errors import PSPNetError
+from pspnet.files import atomic_write_text
 from pspnet.model import create_model
 from pspnet.model.pspnet import PSPNet
 from pspnet.model.serialization import save_safetensors
@@ -176,7 +177,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     log.info("training run\n%s", summary)
     log.text("run/summary", summary, start)
     if rank == 0:
-        _write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
     return run
 
 
@@ -212,7 +213,7 @@ def _prepare_run_folder(out: Path, clear: bool) -> None:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / "tb", ignore_errors=True)
-        for stale in out.glob(".*.tmp"):  # left by a save that a SIGKILL interrupted
+        for stale in out.glob(".*.tmp*"):  # left by a save that a SIGKILL interrupted (pspnet.files.atomic_path)
             stale.unlink(missing_ok=True)
         probe = out / f".write_test.{os.getpid()}.tmp"
         probe.write_bytes(b"")
@@ -388,7 +389,7 @@ def _validate(run: Run, done: int, bar: tqdm) -> None:
         run.best_miou = metrics.miou
         _save(run, "best.pt", done)
         save_safetensors(run.model, run.out / "best.safetensors")
-        _write_text(run.out / "best_metrics.json", json.dumps({"iteration": done, **metrics.to_dict()}, indent=2))
+        atomic_write_text(run.out / "best_metrics.json", json.dumps({"iteration": done, **metrics.to_dict()}, indent=2))
 
 
 def _save(run: Run, name: str, iteration: int) -> None:
@@ -408,7 +409,7 @@ def _finish(run: Run) -> dict[str, Any]:
         _average_buffers(run.model, run.world)  # plain BN: each rank's running stats saw only its own data
     if run.is_main:
         save_safetensors(run.model, run.out / "last.safetensors")
-        _write_text(run.out / "history.json", json.dumps(run.history, indent=1))
+        atomic_write_text(run.out / "history.json", json.dumps(run.history, indent=1))
     run.log.close()
     if run.world > 1:
         dist.barrier()
@@ -451,16 +452,6 @@ def resume_config(target: str | Path, overrides: dict[str, Any]) -> tuple[TrainC
 def _differs(a: Any, b: Any) -> bool:
     """Whether two config values differ, a tuple and a list of the same items being the same."""
     return (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a small file atomically (temporary file, then rename), so a crash never leaves half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _distributed() -> tuple[int, int, int]:

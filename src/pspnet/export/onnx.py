@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from pspnet.errors import PSPNetError
+from pspnet.files import atomic_path
 from pspnet.export.pooling import make_pooling_exportable
 from pspnet.inference.fold import fold_batchnorm
 from pspnet.inference.ort import CONFIG_KEY, OrtModel
@@ -74,37 +74,35 @@ def export_onnx(model: "str | Path | nn.Module", out: str | Path, *, size: Seque
     if fold_bn:
         net = fold_batchnorm(net, inplace=True)
     net.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    x = torch.randn(2, 3, int(size[0]), int(size[-1]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape-to-int conversions, checked by parity below
-        if exporter == "torchscript":
-            torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
-                              output_names=["logits"], do_constant_folding=True,
-                              dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                            "logits": {0: "batch", 2: "height", 3: "width"}})
-        elif exporter == "dynamo":
-            dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=16, max=8192),
-                    3: torch.export.Dim("width", min=16, max=8192)}
-            program = torch.onnx.export(net, (x,), dynamo=True, opset_version=max(opset, 18), input_names=["input"],
-                                        output_names=["logits"], dynamic_shapes={"x": dims}, optimize=True)
-            program.save(str(tmp))
-        else:
-            raise PSPNetError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    proto = onnx.load(str(tmp))
-    _inline_shared_initializers(proto)
-    meta = {CONFIG_KEY: json.dumps(config), "producer": "pspnet",
-            "input": "float32 (N, 3, H, W), RGB scaled to 0..1 then (x - mean) / std; any N, H, W",
-            "output": "float32 logits (N, num_classes, H, W)"}
-    for key in ("class_names", "palette", "mean", "std", "num_classes"):
-        if key in config:
-            meta[key] = json.dumps(config[key])
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        x = torch.randn(2, 3, int(size[0]), int(size[-1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-to-int conversions, checked by parity below
+            if exporter == "torchscript":
+                torch.onnx.export(net, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
+                                  output_names=["logits"], do_constant_folding=True,
+                                  dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                                "logits": {0: "batch", 2: "height", 3: "width"}})
+            elif exporter == "dynamo":
+                dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=16, max=8192),
+                        3: torch.export.Dim("width", min=16, max=8192)}
+                program = torch.onnx.export(net, (x,), dynamo=True, opset_version=max(opset, 18), input_names=["input"],
+                                            output_names=["logits"], dynamic_shapes={"x": dims}, optimize=True)
+                program.save(str(tmp))
+            else:
+                raise PSPNetError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+        proto = onnx.load(str(tmp))
+        _inline_shared_initializers(proto)
+        meta = {CONFIG_KEY: json.dumps(config), "producer": "pspnet",
+                "input": "float32 (N, 3, H, W), RGB scaled to 0..1 then (x - mean) / std; any N, H, W",
+                "output": "float32 logits (N, num_classes, H, W)"}
+        for key in ("class_names", "palette", "mean", "std", "num_classes"):
+            if key in config:
+                meta[key] = json.dumps(config[key])
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, str(tmp))
     report: dict[str, Any] = {"path": str(out), "opset": opset, "exporter": exporter, "bytes": out.stat().st_size,
                               "traced_size": [int(size[0]), int(size[-1])]}
     if check:
@@ -176,8 +174,6 @@ def cached_onnx(model: str | Path) -> Path:
     target = base / f"{source.stem}-{key}.onnx"
     if not target.is_file():
         base.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=base) as tmp:
-            part = Path(tmp) / target.name
+        with atomic_path(target) as part:
             export_onnx(name, part, check=False)
-            os.replace(part, target)
     return target

@@ -23,13 +23,13 @@ int8 is for CPUs without native bf16.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from pspnet.errors import PSPNetError
+from pspnet.files import atomic_path
 
 
 def calibration_frames(folder: str | Path, count: int, mean: Sequence[float], std: Sequence[float],
@@ -119,20 +119,18 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, calib_dir: str | Path,
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
     exclude = float_convs(proto.graph.node, keep_float)
     reader = _Reader(proto.graph.input[0].name, frames)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.onnx")
-    quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[method], nodes_to_exclude=exclude,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    q = onnx.load(str(tmp))
-    del q.metadata_props[:]
-    for p in proto.metadata_props:
-        q.metadata_props.add(key=p.key, value=p.value)
-    q.metadata_props.add(key="quantization", value=f"int8 static QDQ, per-channel, {method}, {len(frames)} frames "
-                                                    f"from {Path(calib_dir).name}, float: {keep_float}")
-    onnx.save(q, str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        quantize_static(str(fp32_path), str(tmp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=exclude,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        q = onnx.load(str(tmp))
+        del q.metadata_props[:]
+        for p in proto.metadata_props:
+            q.metadata_props.add(key=p.key, value=p.value)
+        q.metadata_props.add(key="quantization", value=f"int8 static QDQ, per-channel, {method}, {len(frames)} frames "
+                                                        f"from {Path(calib_dir).name}, float: {keep_float}")
+        onnx.save(q, str(tmp))
     for leftover in out.parent.glob("*augmented_model*.onnx"):  # onnxruntime's calibration scratch file
         leftover.unlink(missing_ok=True)
     return {"path": str(out), "frames": len(frames), "method": method, "keep_float": keep_float,

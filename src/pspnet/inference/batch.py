@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pspnet.errors import PSPNetError
-from pspnet.inference.outputs import (Manifest, Planned, Source, atomic_write, check_out_dir, check_plan,
+from pspnet.files import atomic_write
+from pspnet.inference.outputs import (Manifest, Planned, Source, check_out_dir, check_plan,
                                       collect_inputs, mark_done, options_fingerprint, plan_outputs)
 
 logger = logging.getLogger(__name__)

@@ -46,9 +46,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from pspnet.errors import PSPNetError
+from pspnet.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -247,36 +248,6 @@ def check_plan(plan: Sequence[Planned], out: Path, folder_inputs: Sequence[Path]
         raise PSPNetError(f"{', '.join(map(str, foreign[:3]))}{more}: exist(s) in --out but pspnet did not write "
                           "it (a file of yours or a symlink); move it away, choose another --out, or pass "
                           "--overwrite to replace it")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(dst: Path, write: Callable[[object], None]) -> None:
-    """Write ``dst`` through a temporary file in its folder, fsync, then ``os.replace``.
-
-    A reader never sees half a file, a crash leaves the previous file, and a symlink named ``dst`` is
-    replaced by the new file instead of its target being written.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(dst: Path, data: bytes) -> None:
-    atomic_write(dst, lambda f: f.write(data))  # type: ignore[attr-defined]
 
 
 def _rows(out: Path) -> list[dict]:

@@ -20,7 +20,6 @@ fixed recipe, or from the config text that mmseg stores in ``meta``.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
