@@ -77,7 +77,7 @@ def test_unclaimed_values_are_an_error_with_counts_and_the_fix(tmp_path):
     kinds = sorted(p.kind for p in report.problems)
     assert kinds == ["bad_labels", "bad_labels"]  # the dataset-level summary and the file
     assert any("7: 40 px" in p.message for p in report.problems)
-    with pytest.raises(PSPNetError, match=r"\[0, 2\] repeat"):
+    with pytest.raises(PSPNetError, match=r"\[0, 2, 2\] repeat"):
         build_dataset("folder", tmp_path, "train", mask_values=[0, 2, 2])
 
 
@@ -85,7 +85,7 @@ def test_lossy_or_intensity_masks_are_refused_with_the_fix(tmp_path):
     write_pair(tmp_path, "train", "a", list(range(0, 160, 2)))  # JPEG noise; 0..K-1 would be K classes
     with pytest.raises(PSPNetError, match="80 different values.*binary: true"):
         build_dataset("folder", tmp_path, "train")
-    assert labels(build_dataset("folder", tmp_path, "train", binary=True)) == {0}
+    assert labels(build_dataset("folder", tmp_path, "train", binary=True)) == {0, 1}
     write_pair(tmp_path / "one", "train", "a", [3])
     with pytest.raises(PSPNetError, match="only the value 3"):
         build_dataset("folder", tmp_path / "one", "train")
