@@ -8,9 +8,10 @@ from typing import Any, Callable
 from pspnet.data.custom import folder, list_dataset
 from pspnet.data.datasets import (SegmentationDataset, ade20k, camvid, cityscapes, coco_stuff, collect_problems,
                                   voc)
+from pspnet.data.medical import medical
 from pspnet.errors import PSPNetError
 
-# name -> builder(root, split, transform, **options); only ``folder`` and ``list`` take options.
+# name -> builder(root, split, transform, **options); only ``folder``, ``list`` and ``medical`` take options.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "camvid": camvid,
     "voc": voc,
@@ -21,8 +22,9 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "coco-stuff": coco_stuff,
     "folder": folder,
     "list": list_dataset,
+    "medical": medical,  # DICOM/NIfTI slices; needs pip install 'pspnet[medical]'
 }
-TAKES_OPTIONS = {"folder", "list"}
+TAKES_OPTIONS = {"folder", "list", "medical"}
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,

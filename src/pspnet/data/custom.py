@@ -50,8 +50,9 @@ OPTIONS = {"classes", "num_classes", "palette", "ignore_colours", "ignore_index"
            "image_dir", "mask_dir", "mask_suffix"}
 
 
-def load_options(root: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """``dataset.yaml`` under ``root`` (if any) overridden by ``options``; unknown keys are an error."""
+def load_options(root: Path, options: dict[str, Any], extra: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``dataset.yaml`` under ``root`` (if any) overridden by ``options``; keys outside ``OPTIONS`` and the
+    builder's ``extra`` ones are an error."""
     values: dict[str, Any] = {}
     spec = root / "dataset.yaml"
     if spec.is_file():
@@ -62,10 +63,10 @@ def load_options(root: Path, options: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(values, dict):
             raise PSPNetError(f"{spec}: expected a mapping of options")
     values.update({k: v for k, v in options.items() if v is not None})
-    unknown = sorted(set(values) - OPTIONS)
+    unknown = sorted(set(values) - OPTIONS - set(extra))
     if unknown:
         raise PSPNetError(f"{spec if spec.is_file() else root}: unknown dataset options {unknown}; "
-                          f"known: {sorted(OPTIONS)}")
+                          f"known: {sorted(OPTIONS | set(extra))}")
     return values
 
 
@@ -138,7 +139,9 @@ def detect_classes(hist: dict[int, int], ignore: Sequence[int], ignore_given: bo
 
 
 def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable | None,
-             train_pairs: list | None = None, workers: int = 4) -> SegmentationDataset:
+             train_pairs: list | None = None, workers: int = 4,
+             histogram: Callable[[list, int], tuple[dict[int, int], bool]] | None = None,
+             make: Callable[..., SegmentationDataset] = SegmentationDataset) -> SegmentationDataset:
     """Classes, label table and colour map from the options, or from the mask values when none are given.
 
     Mask values that no class claims are a ``bad_labels`` problem naming the values, their pixel counts
@@ -150,9 +153,10 @@ def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable 
     names = opts.get("classes")
     palette = opts.get("palette")
     binary = bool(opts.get("binary", False))
-    hist, colour = mask_histogram(pairs, workers)
+    histogram = histogram or mask_histogram
+    hist, colour = histogram(pairs, workers)
     # the classes of every split come from the training masks too, so val and train agree
-    known = hist if train_pairs is None else {**mask_histogram(train_pairs, workers)[0], **hist}
+    known = hist if train_pairs is None else {**histogram(train_pairs, workers)[0], **hist}
     mask_values: list[int] | None = None
     if binary:
         num_classes = 2
@@ -201,8 +205,8 @@ def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable 
                    + f". Fix: give the stored value of every class, e.g. mask_values: {suggestion}"
                    + (", or binary: true (values > 127 are class 1)" if len(suggestion) <= 3 else "")
                    + ", or ignore_index: [...] for values to leave out")
-    ds = SegmentationDataset(pairs, num_classes, lut, names, palette, transform, root, colours=palette,
-                             ignore_colours=opts.get("ignore_colours") or (), binary=binary)
+    ds = make(pairs, num_classes, lut, names, palette, transform, root, colours=palette,
+              ignore_colours=opts.get("ignore_colours") or (), binary=binary)
     ds.mask_values = mask_values if mask_values is not None else list(range(num_classes))
     return ds
 
