@@ -8,7 +8,7 @@ from typing import Any, Callable
 from pspnet.data.custom import folder, list_dataset
 from pspnet.data.datasets import (SegmentationDataset, ade20k, camvid, cityscapes, coco_stuff, collect_problems,
                                   voc)
-from pspnet.data.medical import medical
+from pspnet.data.medical import medical_folder
 from pspnet.errors import PSPNetError
 
 # name -> builder(root, split, transform, **options); only ``folder``, ``list`` and ``medical`` take options.
@@ -22,7 +22,7 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "coco-stuff": coco_stuff,
     "folder": folder,
     "list": list_dataset,
-    "medical": medical,  # DICOM/NIfTI slices; needs pip install 'pspnet[medical]'
+    "medical": medical_folder,  # DICOM/NIfTI slices; needs pip install 'pspnet[medical]'
 }
 TAKES_OPTIONS = {"folder", "list", "medical"}
 

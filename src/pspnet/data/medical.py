@@ -397,7 +397,7 @@ def _medical_pairs(root: Path, split: str, opts: dict[str, Any]) -> list[tuple[P
     return match_pairs(images, masks, image_dir.parent)
 
 
-def medical(root: str | Path, split: str = "train", transform: Callable | None = None,
+def medical_folder(root: str | Path, split: str = "train", transform: Callable | None = None,
             **options: Any) -> MedicalDataset:
     """A folder of DICOM/NIfTI scans (and/or plain images) with masks of the same stem, cut into slices.
 
