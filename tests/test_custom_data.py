@@ -64,6 +64,7 @@ def test_num_classes_2_on_0_255_masks_makes_255_a_class_not_ignore(tmp_path):
     report = check_dataset("folder", tmp_path, ["train"], progress=False, num_classes=2, ignore_index=255)
     assert not report.ok and [p.kind for p in report.problems] == ["empty_class"]
     assert "class_1" in report.problems[0].message and "mask values 1" in report.problems[0].message
+    assert "ignored 50.0%" in report.text()
 
 
 def test_unclaimed_values_are_an_error_with_counts_and_the_fix(tmp_path):

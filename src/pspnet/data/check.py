@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pspnet.data import TAKES_OPTIONS, build_dataset
-from pspnet.data.datasets import Problem, SegmentationDataset, collect_problems
+from pspnet.data.datasets import IGNORE, Problem, SegmentationDataset, collect_problems
 from pspnet.errors import PSPNetError
 
 KIND_TITLES = {
@@ -47,6 +47,7 @@ class CheckReport:
     class_pixels: dict[str, list[int]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     mask_values: list[int] | None = None
+    ignored_pixels: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -55,7 +56,8 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "root": self.root, "ok": self.ok, "samples": self.samples,
                 "problems": [{"kind": p.kind, "path": p.path, "message": p.message} for p in self.problems],
-                "class_pixels": self.class_pixels, "class_names": self.class_names, "mask_values": self.mask_values}
+                "class_pixels": self.class_pixels, "class_names": self.class_names, "mask_values": self.mask_values,
+                "ignored_pixels": self.ignored_pixels}
 
     def text(self) -> str:
         """A report grouped by kind of problem, every file listed."""
@@ -64,10 +66,12 @@ class CheckReport:
             lines.append(f"  {len(self.class_names)} classes, stored in the masks as: "
                          + ", ".join(f"{n} = {v}" for n, v in zip(self.class_names, self.mask_values)))
         for split, counts in self.class_pixels.items():
-            total = max(sum(counts), 1)
+            ignored = self.ignored_pixels.get(split, 0)
+            total = max(sum(counts) + ignored, 1)
             if len(counts) <= 20:
                 lines.append(f"  {split} pixels: " + ", ".join(f"{n} {100 * c / total:.1f}%"
-                                                             for n, c in zip(self.class_names, counts)))
+                                                             for n, c in zip(self.class_names, counts))
+                             + (f", ignored {100 * ignored / total:.1f}%" if ignored else ""))
             absent = [name for name, c in zip(self.class_names, counts) if c == 0]
             if absent and not any(p.kind == "empty_class" and p.path.endswith(f"[{split}]") for p in self.problems):
                 lines.append(f"  {split}: classes with no pixels: {', '.join(absent)}")
@@ -105,7 +109,7 @@ def _check_pair(ds: SegmentationDataset, index: int) -> tuple[list[Problem], np.
     except PSPNetError as err:
         problems.append(Problem("bad_labels", str(mask_path), str(err).removeprefix(f"{mask_path}: ")))
         return problems, None
-    return problems, np.bincount(ids.ravel(), minlength=256)[: ds.num_classes]
+    return problems, np.bincount(ids.ravel(), minlength=256)
 
 
 def check_dataset(name: str, root: str | Path, splits: Sequence[str] = ("train", "val"), workers: int = 4,
@@ -128,18 +132,20 @@ def check_dataset(name: str, root: str | Path, splits: Sequence[str] = ("train",
         report.class_names = ds.class_names
         report.mask_values = ds.mask_values
         pixels = np.zeros(ds.num_classes, dtype=np.int64)
-        uncounted = 0
+        uncounted = ignored = 0
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = pool.map(lambda i: _check_pair(ds, i), range(len(ds)))
             for found, hist in tqdm(results, total=len(ds), desc=f"check {split}", disable=not progress,
                                     leave=False):
                 report.problems += found
                 if hist is not None:
-                    pixels += hist
+                    pixels += hist[: ds.num_classes]
+                    ignored += int(hist[IGNORE])
                 else:
                     uncounted += 1
         if len(ds):
             report.class_pixels[split] = pixels.tolist()
+            report.ignored_pixels[split] = ignored
             absent = [n for n, c in zip(ds.class_names, pixels.tolist()) if c == 0]
             if absent and not uncounted and name in TAKES_OPTIONS and split in TRAIN_SPLITS:
                 report.problems.append(Problem(
