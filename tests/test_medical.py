@@ -138,3 +138,13 @@ def test_core_modules_do_not_import_the_medical_libraries_and_name_the_extra(tmp
     out = subprocess.run([sys.executable, "-c", code, str(fake)], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
     assert "reading DICOM/NIfTI needs nibabel: pip install 'pspnet[medical]'" in out.stderr
+
+
+def test_multi_frame_dicom_is_a_volume_of_frames():
+    path = pydicom.data.get_testdata_file("rtdose_expb.dcm")
+    if path is None:
+        pytest.skip("pydicom's bundled rtdose_expb.dcm is missing")
+    vol = read_volume(path)
+    assert vol.data.shape == (15, 10, 10) and num_slices(path, 0) == 15 and num_slices(path, 2) == 10
+    frames = to_uint8(path, axis=0)
+    assert len(frames) == 15 and frames[0].shape == (10, 10)

@@ -86,11 +86,11 @@ def _mask_histogram(path: Path) -> tuple[dict[int, int], bool]:
             raw = read_mask(path)
         except PSPNetError:
             return {}, False  # unreadable: check-data and __getitem__ name the file
-        colour = raw.ndim == 3 and not _is_gray(raw)
-        if raw.ndim == 3:
-            raw = raw[..., 0] if not colour else raw.reshape(-1, raw.shape[-1])[:, 0]
-        values, counts = np.unique(raw, return_counts=True)
-        _HIST_CACHE[key] = ({} if colour else dict(zip(values.tolist(), counts.tolist())), colour)
+        if raw.ndim == 3 and not _is_gray(raw):
+            _HIST_CACHE[key] = ({}, True)  # colours: the palette option maps them, per file
+        else:
+            values, counts = np.unique(raw[..., 0] if raw.ndim == 3 else raw, return_counts=True)
+            _HIST_CACHE[key] = (dict(zip(values.tolist(), counts.tolist())), False)
     return _HIST_CACHE[key]
 
 

@@ -149,8 +149,11 @@ def num_slices(path: str | Path, axis: int = 2) -> int:
         if suffix == ".dcm":
             ds = _require("pydicom").dcmread(path, stop_before_pixels=True)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
-            return frames if axis == 0 else 1
-        shape = [n for n in _require("nibabel").load(path).shape if n != 1] if suffix else [1]
+            shape = [frames, int(ds.Rows), int(ds.Columns)] if frames > 1 else [1]
+        elif suffix:
+            shape = [n for n in _require("nibabel").load(path).shape if n != 1]
+        else:
+            shape = [1]
     except PSPNetError:
         raise
     except Exception as err:
@@ -312,12 +315,14 @@ class MedicalDataset(SegmentationDataset):
         self.axis, self.window = axis, window
         self.files = list(self.pairs)
         self.slices: list[tuple[int, int]] = []
+        self.counts: list[int] = []  # slices of each file
         for f, (image, _) in enumerate(self.files):
             try:
                 count = num_slices(image, axis) if medical_suffix(image) else 1
             except PSPNetError as err:
                 report("unreadable", image, str(err).removeprefix(f"{image}: "))
-                continue
+                count = 0
+            self.counts.append(count)
             self.slices += [(f, k) for k in range(count)]
         self.pairs = [self.files[f] for f, _ in self.slices]  # what check-data names, one entry per slice
 
@@ -340,9 +345,9 @@ class MedicalDataset(SegmentationDataset):
         if not medical_suffix(path):
             return read_mask(path)
         vol = load_volume(path, mask=True)
-        if vol.num_slices(self.axis) != len([s for s in self.slices if s[0] == f]):
+        if vol.num_slices(self.axis) != self.counts[f]:
             raise PSPNetError(f"{path}: mask has {vol.num_slices(self.axis)} slices along axis {self.axis} but its "
-                              f"image {Path(self.files[f][0]).name} has {sum(s[0] == f for s in self.slices)}")
+                              f"image {Path(self.files[f][0]).name} has {self.counts[f]}")
         return vol.slice(self.axis, k)
 
     def image_size(self, index: int) -> tuple[int, int]:
