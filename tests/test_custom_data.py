@@ -13,6 +13,7 @@ from PIL import Image
 from pspnet.cli import main
 from pspnet.data import build_dataset
 from pspnet.data.check import check_dataset
+from pspnet.data.custom import to_stored_values
 from pspnet.data.datasets import IGNORE
 from pspnet.errors import PSPNetError
 
@@ -105,3 +106,15 @@ def test_check_data_cli_fails_on_an_empty_class_and_lists_the_stored_values(tmp_
                  "--data-opt", "mask_values=[0, 128, 255]"]) == 2
     printed = capsys.readouterr().out
     assert "classes with no pixels in the training split" in printed and "['class_1'] (mask values 128)" in printed
+
+
+def test_predictions_go_back_in_the_stored_values(tmp_path):
+    write_pair(tmp_path, "train", "a", [0, 255])
+    ds = build_dataset("folder", tmp_path, "train")
+    labels = np.array([[0, 1], [1, 0]])
+    out = to_stored_values(labels, ds.mask_values)
+    assert out.dtype == np.uint8 and out.tolist() == [[0, 255], [255, 0]]
+    assert to_stored_values(labels, [0, 1000]).dtype == np.uint16
+    assert (to_stored_values(labels, None) == labels).all()
+    with pytest.raises(PSPNetError, match="only 1 mask_values"):
+        to_stored_values(labels, [0])

@@ -211,8 +211,17 @@ def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable 
     return ds
 
 
-def _class_options_given(opts: dict[str, Any]) -> bool:
-    return any(opts.get(k) is not None for k in ("classes", "num_classes", "palette", "mask_values", "binary"))
+def to_stored_values(labels: np.ndarray, mask_values: Sequence[int] | None) -> np.ndarray:
+    """Class ids -> the user's own mask values (``mask_values[i]`` for class i; 0/1 -> 0/255 for binary
+    masks), uint8 when they fit, else uint16; ids unchanged when ``mask_values`` is None."""
+    labels = np.asarray(labels)
+    if mask_values is None:
+        return labels
+    table = np.asarray(mask_values, dtype=np.int64)
+    if labels.size and (labels.max() >= len(table) or labels.min() < 0):
+        raise PSPNetError(f"class ids up to {int(labels.max())} but only {len(table)} mask_values {table.tolist()}")
+    dtype = np.uint8 if table.min(initial=0) >= 0 and table.max(initial=0) < 256 else np.uint16
+    return table.astype(dtype)[labels]
 
 
 def _quiet_pairs(find: Callable[[], list]) -> list | None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from pspnet.data.custom import _dataset, _quiet_pairs, load_options
+from pspnet.data.custom import _dataset, _quiet_pairs, load_options, to_stored_values
 from pspnet.data.datasets import SegmentationDataset, match_pairs, report
 from pspnet.data.io import IMAGE_SUFFIXES, open_image, read_mask
 from pspnet.errors import PSPNetError
@@ -224,15 +224,6 @@ def segment_volume(segment: Callable[[np.ndarray], np.ndarray], path: str | Path
     return np.stack(slices, axis=axis) if vol.data.ndim == 3 else slices[0]
 
 
-def _values(labels: np.ndarray, mask_values: Sequence[int] | None) -> np.ndarray:
-    if mask_values is None:
-        return labels
-    table = np.asarray(mask_values)
-    if labels.max(initial=0) >= len(table):
-        raise PSPNetError(f"labels up to {labels.max()} but only {len(table)} mask_values {list(table)}")
-    return table[labels]
-
-
 def _fresh(out: Path, overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise PSPNetError(f"{out}: already exists; not overwriting it (choose another name)")
@@ -248,13 +239,14 @@ def write_nifti_mask(labels: np.ndarray, reference: str | Path, out: str | Path,
     ref = load_volume(reference).nifti
     if ref is None:
         raise PSPNetError(f"{reference}: a NIfTI reference is needed for the affine; write PNG slices for DICOM")
-    data = _values(np.asarray(labels), mask_values)
+    data = to_stored_values(labels, mask_values)
     shape = tuple(ref.shape)
     if data.shape != shape:
         if data.size != int(np.prod(shape)):
             raise PSPNetError(f"labels of shape {data.shape} do not fit {reference} of shape {shape}")
         data = data.reshape(shape)  # the reference had singleton axes that reading squeezed
-    dtype = np.uint8 if data.max(initial=0) < 256 and data.min(initial=0) >= 0 else np.int16
+    lo, hi = int(data.min(initial=0)), int(data.max(initial=0))
+    dtype = np.uint8 if lo >= 0 and hi < 256 else np.uint16 if lo >= 0 and hi < 65536 else np.int32
     header = ref.header.copy()
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(data.astype(dtype), ref.affine, header)
@@ -269,7 +261,7 @@ def write_png_slices(labels: np.ndarray, out_dir: str | Path, name: str, axis: i
     """One PNG per slice along ``axis``, ``{name}_{index:04d}.png`` (8-bit, or 16-bit for values > 255)."""
     from PIL import Image
 
-    data = _values(np.asarray(labels), mask_values)
+    data = to_stored_values(labels, mask_values)
     slices = [data] if data.ndim == 2 else [np.take(data, k, axis=axis) for k in range(data.shape[axis])]
     files = []
     for k, s in enumerate(slices):
