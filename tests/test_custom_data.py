@@ -73,12 +73,13 @@ def test_unclaimed_values_are_an_error_with_counts_and_the_fix(tmp_path):
     with pytest.raises(PSPNetError) as err:
         build_dataset("folder", tmp_path, "train", num_classes=2)
     message = str(err.value)
-    assert "label values [7]" in message and "7: 40 px" in message and "mask_values: [0, 1, 7]" in message
+    assert message.startswith(str(tmp_path / "train" / "masks" / "a.png"))
+    assert "label values [7] are outside the class set" in message and "7: 40 px" in message and "mask_values: [0, 1, 7]" in message
     assert "binary: true" in message
     report = check_dataset("folder", tmp_path, ["train"], progress=False, num_classes=2)
-    kinds = sorted(p.kind for p in report.problems)
-    assert kinds == ["bad_labels", "bad_labels"]  # the dataset-level summary and the file
-    assert any("7: 40 px" in p.message for p in report.problems)
+    assert [p.kind for p in report.problems] == ["bad_labels"]  # the file, and beside it the counts and the fix
+    assert len(report.label_fixes) == 1 and "7: 40 px" in report.label_fixes[0]
+    assert "in all: train: label values [7]" in report.text() and "mask_values: [0, 1, 7]" in report.text()
     with pytest.raises(PSPNetError, match=r"\[0, 2, 2\] repeat"):
         build_dataset("folder", tmp_path, "train", mask_values=[0, 2, 2])
 

@@ -48,6 +48,7 @@ class CheckReport:
     class_names: list[str] = field(default_factory=list)
     mask_values: list[int] | None = None
     ignored_pixels: dict[str, int] = field(default_factory=dict)
+    label_fixes: list[str] = field(default_factory=list)  # unclaimed mask values: counts and the fix
 
     @property
     def ok(self) -> bool:
@@ -57,7 +58,7 @@ class CheckReport:
         return {"dataset": self.dataset, "root": self.root, "ok": self.ok, "samples": self.samples,
                 "problems": [{"kind": p.kind, "path": p.path, "message": p.message} for p in self.problems],
                 "class_pixels": self.class_pixels, "class_names": self.class_names, "mask_values": self.mask_values,
-                "ignored_pixels": self.ignored_pixels}
+                "ignored_pixels": self.ignored_pixels, "label_fixes": self.label_fixes}
 
     def text(self) -> str:
         """A report grouped by kind of problem, every file listed."""
@@ -84,6 +85,8 @@ class CheckReport:
         for kind in by_kind:
             lines.append(f"{KIND_TITLES.get(kind, kind)}:")
             lines += [f"  {p}" for p in self.problems if p.kind == kind]
+            if kind == "bad_labels":
+                lines += [f"  in all: {fix}" for fix in self.label_fixes]
         return "\n".join(lines)
 
 
@@ -125,6 +128,9 @@ def check_dataset(name: str, root: str | Path, splits: Sequence[str] = ("train",
                 ds = None
         if len(problems) > 1:  # an empty dataset is a consequence of the problems already listed
             problems = [p for p in problems if p.message != "no image/mask pairs found"]
+        # the builder's summary of unclaimed values (counts, fix) goes beside the per-file problems found below
+        report.label_fixes += [f"{split}: {p.message}" for p in problems if p.kind == "unclaimed_values"]
+        problems = [p for p in problems if p.kind != "unclaimed_values"]
         report.problems += problems
         if ds is None:
             continue

@@ -94,17 +94,25 @@ def _mask_histogram(path: Path) -> tuple[dict[int, int], bool]:
     return _HIST_CACHE[key]
 
 
-def mask_histogram(pairs: Sequence[tuple[Path, Path | None]], workers: int = 4) -> tuple[dict[int, int], bool]:
-    """Pixels per stored mask value over all ``pairs`` (threads: PNG decoding releases the GIL), and
-    whether any mask is a colour (RGB) mask."""
+Histogram = tuple[dict[int, int], bool, dict[int, list[str]]]
+WHERE_KEEP = 3  # files named per value in messages
+
+
+def mask_histogram(pairs: Sequence[tuple[Path, Path | None]], workers: int = 4) -> Histogram:
+    """Pixels per stored mask value over all ``pairs`` (threads: PNG decoding releases the GIL), whether
+    any mask is a colour (RGB) mask, and the first few masks holding each value."""
     total: Counter[int] = Counter()
+    where: dict[int, list[str]] = {}
     colour = False
     masks = [m for _, m in pairs if m is not None]
     with ThreadPoolExecutor(max(1, min(workers, len(masks)))) as pool:
-        for hist, is_colour in pool.map(lambda m: _mask_histogram(Path(m)), masks):
+        for mask, (hist, is_colour) in zip(masks, pool.map(lambda m: _mask_histogram(Path(m)), masks)):
             total.update(hist)
             colour |= is_colour
-    return dict(sorted(total.items())), colour
+            for v in hist:
+                if len(where.setdefault(v, [])) < WHERE_KEEP:
+                    where[v].append(str(mask))
+    return dict(sorted(total.items())), colour, where
 
 
 def _counts(values: Sequence[int], hist: dict[int, int]) -> str:
@@ -140,7 +148,7 @@ def detect_classes(hist: dict[int, int], ignore: Sequence[int], ignore_given: bo
 
 def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable | None,
              train_pairs: list | None = None, workers: int = 4,
-             histogram: Callable[[list, int], tuple[dict[int, int], bool]] | None = None,
+             histogram: Callable[[list, int], Histogram] | None = None,
              make: Callable[..., SegmentationDataset] = SegmentationDataset) -> SegmentationDataset:
     """Classes, label table and colour map from the options, or from the mask values when none are given.
 
@@ -154,7 +162,7 @@ def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable 
     palette = opts.get("palette")
     binary = bool(opts.get("binary", False))
     histogram = histogram or mask_histogram
-    hist, colour = histogram(pairs, workers)
+    hist, colour, where = histogram(pairs, workers)
     # the classes of every split come from the training masks too, so val and train agree
     known = hist if train_pairs is None else {**histogram(train_pairs, workers)[0], **hist}
     mask_values: list[int] | None = None
@@ -198,9 +206,12 @@ def _dataset(pairs: list, root: Path, opts: dict[str, Any], transform: Callable 
         if unclaimed:
             claimed = mask_values if mask_values is not None else list(range(num_classes))
             suggestion = sorted(set(claimed) | set(unclaimed))
-            report("bad_labels", root,
-                   f"label values {unclaimed[:20]} are claimed by no class (pixels: {_counts(unclaimed[:20], hist)}); "
-                   f"the {num_classes} classes are stored as {claimed}"
+            files = sorted({f for v in unclaimed for f in where.get(v, [])})
+            report("unclaimed_values", files[0] if files else root,
+                   f"label values {unclaimed[:20]} are outside the class set: no class claims them "
+                   f"(pixels: {_counts(unclaimed[:20], hist)}"
+                   + (f"; also in {', '.join(Path(f).name for f in files[1:])}" if len(files) > 1 else "")
+                   + f"); the {num_classes} classes are stored as {claimed}"
                    + (f" and {ignore} means ignore" if ignore else "")
                    + f". Fix: give the stored value of every class, e.g. mask_values: {suggestion}"
                    + (", or binary: true (values > 127 are class 1)" if len(suggestion) <= 3 else "")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from pspnet.data.custom import _dataset, _quiet_pairs, load_options, to_stored_values
+from pspnet.data.custom import WHERE_KEEP, Histogram, _dataset, _quiet_pairs, load_options, to_stored_values
 from pspnet.data.datasets import SegmentationDataset, match_pairs, report
 from pspnet.data.io import IMAGE_SUFFIXES, open_image, read_mask
 from pspnet.errors import PSPNetError
@@ -277,20 +277,23 @@ def _read_mask_any(path: Path) -> np.ndarray:
     return load_volume(path, mask=True).data if medical_suffix(path) else read_mask(path)
 
 
-def _volume_histogram(pairs: list, workers: int = 4) -> tuple[dict[int, int], bool]:
+def _volume_histogram(pairs: list, workers: int = 4) -> Histogram:
     """Voxels per mask value over whole mask volumes (PNG masks of 2-D DICOM images too)."""
     total: dict[int, int] = {}
+    where: dict[int, list[str]] = {}
     for _, mask in pairs:
         try:
             raw = _read_mask_any(Path(mask))
         except PSPNetError:
             continue  # named by check-data and by __getitem__
         if raw.ndim == 3 and raw.shape[-1] == 3 and not medical_suffix(mask):
-            return {}, True
+            return {}, True, {}
         values, counts = np.unique(raw, return_counts=True)
         for v, c in zip(values.tolist(), counts.tolist()):
             total[v] = total.get(v, 0) + c
-    return dict(sorted(total.items())), False
+            if len(where.setdefault(v, [])) < WHERE_KEEP:
+                where[v].append(str(mask))
+    return dict(sorted(total.items())), False, where
 
 
 class MedicalDataset(SegmentationDataset):
