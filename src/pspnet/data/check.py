@@ -156,8 +156,9 @@ def check_dataset(name: str, root: str | Path, splits: Sequence[str] = ("train",
             if absent and not uncounted and name in TAKES_OPTIONS and split in TRAIN_SPLITS:
                 report.problems.append(Problem(
                     "empty_class", f"{root} [{split}]",
-                    f"classes {absent} (mask values {_stored(ds, absent)}) have no pixels in split {split!r}: the model cannot learn them; check the class options (mask_values, "
-                    "num_classes, classes) against the values the masks hold"))
+                    f"classes {absent} (mask values {_stored(ds, absent)}) have no pixels in split {split!r}: the "
+                    "model cannot learn them; check the class options (mask_values, num_classes, classes) against "
+                    "the values the masks hold"))
     return report
 
 

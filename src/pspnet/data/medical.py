@@ -100,7 +100,8 @@ def read_volume(path: str | Path, mask: bool = False) -> Volume:
             raise PSPNetError(f"{path}: not a DICOM image pydicom can decode ({err})") from err
         if mask:
             return Volume(np.asarray(raw).astype(np.int64), path)
-        data = raw.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        data = raw.astype(np.float64) * slope + intercept
         if ds.get("SamplesPerPixel", 1) != 1:
             raise PSPNetError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}) is not supported; "
                               "export it as PNG")
