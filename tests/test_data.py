@@ -127,9 +127,9 @@ def test_folder_index_masks_split_subfolders_and_dataset_yaml(tmp_path):
     (tmp_path / "dataset.yaml").write_text("classes: [sky, road, car]\n")
     ds = build_dataset("folder", tmp_path, "train")
     assert ds.num_classes == 3 and ds.class_names == ["sky", "road", "car"] and labels(ds) == {0, 1, 2, IGNORE}
-    with pytest.raises(PSPNetError, match="say how many classes"):
-        (tmp_path / "dataset.yaml").unlink()
-        build_dataset("folder", tmp_path, "train")
+    (tmp_path / "dataset.yaml").unlink()  # without options the classes come from the mask values 0, 1, 2
+    auto = build_dataset("folder", tmp_path, "train")
+    assert auto.num_classes == 3 and auto.mask_values == [0, 1, 2] and labels(auto) == {0, 1, 2, IGNORE}
     assert build_dataset("folder", tmp_path, "val", num_classes=3).num_classes == 3
     with pytest.raises(PSPNetError, match=r"label values \[2\]"):
         build_dataset("folder", tmp_path, "val", num_classes=2)[0]

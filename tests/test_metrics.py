@@ -44,7 +44,7 @@ def test_write_report_files(tmp_path):
     files = write_report(m, tmp_path / "r")
     assert [f.name for f in files] == ["metrics.json", "per_class_iou.png", "confusion_matrix.png"]
     data = json.loads(files[0].read_text())
-    assert data["per_class"]["boat"] == {"iou": None, "acc": None}
+    assert data["per_class"]["boat"] == {"iou": None, "acc": None, "dice": None, "precision": None, "recall": None}
     assert data["confusion_matrix"] == [[5, 1, 0], [2, 7, 0], [0, 0, 0]]
     assert data["miou"] == pytest.approx((5 / 8 + 7 / 10) / 2)
     assert all(f.stat().st_size > 1000 for f in files[1:])

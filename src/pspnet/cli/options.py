@@ -16,7 +16,8 @@ from pspnet.errors import PSPNetError
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 BACKENDS = ["torch", "onnxruntime"]
 # pspnet.data.DATASETS' names (a test keeps the two equal; importing pspnet.data here would load torch)
-DATASET_NAMES = ["ade20k", "camvid", "coco-stuff", "coco_stuff", "cityscapes", "folder", "list", "voc", "voc2012"]
+DATASET_NAMES = ["ade20k", "camvid", "coco-stuff", "coco_stuff", "cityscapes", "folder", "list", "medical", "voc",
+                 "voc2012"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

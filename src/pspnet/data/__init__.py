@@ -8,9 +8,10 @@ from typing import Any, Callable
 from pspnet.data.custom import folder, list_dataset
 from pspnet.data.datasets import (SegmentationDataset, ade20k, build_split, camvid, cityscapes, coco_stuff,
                                   collect_problems, voc)
+from pspnet.data.medical import medical_folder
 from pspnet.errors import PSPNetError
 
-# name -> builder(root, split, transform, **options); only ``folder`` and ``list`` take options.
+# name -> builder(root, split, transform, **options); only ``folder``, ``list`` and ``medical`` take options.
 DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "camvid": camvid,
     "voc": voc,
@@ -21,10 +22,12 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "coco-stuff": coco_stuff,
     "folder": folder,
     "list": list_dataset,
+    "medical": medical_folder,  # DICOM/NIfTI slices; needs pip install 'pspnet[medical]'
 }
 TAKES_OPTIONS = {"folder", "list"}
 # options every layout takes: hold out whole sequences (see ``datasets.build_split``)
 SEQUENCE_OPTIONS = ("holdout_sequences", "holdout_from", "sequence_pattern")
+from pspnet.data.medical import medical_folder
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,

@@ -24,9 +24,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from pspnet.data.io import list_images, read_image, read_mask
-from pspnet.meta import (ADE20K_CLASSES, default_class_names, ADE20K_PALETTE, CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES,
-                              CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, VOC_CLASSES)
+from pspnet.data.io import list_images, open_image, read_image, read_mask
+from pspnet.meta import (ADE20K_CLASSES, ADE20K_PALETTE, CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES,
+                         CITYSCAPES_PALETTE, COCO_STUFF_CLASSES, VOC_CLASSES, default_class_names)
 from pspnet.errors import PSPNetError
 
 IGNORE = 255
@@ -125,8 +125,12 @@ class SegmentationDataset(Dataset):
 
     ``colours`` (K x 3) makes RGB masks legal: pixel colour ``colours[i]`` is class i, colours in
     ``ignore_colours`` are ignored. ``binary`` turns any mask into 0/1 (values > 127 are foreground,
-    or 1 when a mask's maximum is 1) for 0/255 and JPEG-compressed masks.
+    or 1 when a mask's maximum is 1) for 0/255 and JPEG-compressed masks. ``mask_values[i]`` is the
+    value class i has in the user's own mask files (custom datasets), so predictions can be written back
+    in those values; None for the standard layouts.
     """
+
+    mask_values: list[int] | None = None
 
     def __init__(self, pairs: Sequence[tuple[Path, Path | None]], num_classes: int, lut: np.ndarray,
                  class_names: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
@@ -163,6 +167,11 @@ class SegmentationDataset(Dataset):
                               f"({len(self.colours or [])} class colours)")
         return ids
 
+    def _class_set(self) -> str:
+        if self.mask_values is not None and self.mask_values != list(range(self.num_classes)):
+            return f"stored values {self.mask_values}"
+        return f"0..{self.num_classes - 1} and {IGNORE} for ignore"
+
     def load_mask(self, index: int) -> np.ndarray:
         """The mask of pair ``index`` as train ids (uint8, 255 = ignore), validated."""
         image_path, mask_path = self.pairs[index]
@@ -176,6 +185,8 @@ class SegmentationDataset(Dataset):
             if raw.ndim == 3:
                 raw = raw.max(-1)
             return (raw > (0 if raw.max() == 1 else 127)).astype(np.uint8)
+        if raw.ndim == 3 and self.colours is None and _is_gray(raw):
+            raw = raw[..., 0]  # a grayscale mask saved as RGB
         if raw.ndim == 3:
             if self.colours is None:
                 raise PSPNetError(f"{mask_path}: RGB mask, but this dataset expects single-channel label ids "
@@ -185,13 +196,21 @@ class SegmentationDataset(Dataset):
         if raw.size and (raw.max() >= len(self.lut) or raw.min() < 0):
             bad = np.unique(raw[(raw >= len(self.lut)) | (raw < 0)])
             raise PSPNetError(f"{mask_path}: label values {bad.tolist()[:20]} are outside the class set "
-                              f"(0..{self.num_classes - 1} and {IGNORE} for ignore)")
+                              f"({self._class_set()})")
         ids = self.lut[raw]
         if (ids == UNKNOWN).any():
             bad = np.unique(raw[ids == UNKNOWN])
             raise PSPNetError(f"{mask_path}: label values {bad.tolist()[:20]} are outside the class set "
-                              f"(0..{self.num_classes - 1} and {IGNORE} for ignore)")
+                              f"({self._class_set()})")
         return ids.astype(np.uint8)
+
+    def read_raw_mask(self, index: int) -> np.ndarray:
+        """The stored mask of pair ``index`` before the label table (what check-data validates)."""
+        return read_mask(self.pairs[index][1])
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(width, height) of image ``index``, decoding it fully so corrupt files are found."""
+        return open_image(self.pairs[index][0]).size
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[index]
@@ -205,6 +224,10 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             img, msk = self.transform(img, msk)
         return img.as_subclass(torch.Tensor), msk.as_subclass(torch.Tensor)[0].long()
+
+
+def _is_gray(rgb: np.ndarray) -> bool:
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 # ---- pairing files ------------------------------------------------------------------------------------------------

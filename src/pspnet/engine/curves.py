@@ -1,4 +1,5 @@
-"""Training curves as a picture: train loss (raw and smoothed) and val mIoU against iterations."""
+"""Pictures of curves: training (train loss, val mIoU and mDice against iterations) and the
+precision-recall curve of a two-class model's foreground."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Sequence
 
 def plot_history(history: Sequence[dict], path: str | Path, title: str = "Training",
                  stage_starts: Sequence[int] = ()) -> Path:
-    """Draw the records that ``engine.train`` keeps (``loss`` and ``val_miou`` entries) to a PNG.
+    """Draw the records that ``engine.train`` keeps (``loss``, ``val_miou`` and, when present,
+    ``val_mdice`` entries) to a PNG.
 
     ``stage_starts`` marks where a staged recipe switched to its next run (a dashed line each).
     """
@@ -43,12 +45,57 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         for i, h in enumerate(val):  # alternate above/below so dense evaluations stay readable
             ax2.annotate(f"{100 * h['val_miou']:.1f}", (h["iteration"], 100 * h["val_miou"]), fontsize=7,
                          textcoords="offset points", xytext=(0, 6 if i % 2 == 0 else -12), ha="center")
-        ax2.set_ylabel("val mIoU (%)")
+        dice = [h for h in val if h.get("val_mdice") is not None]
+        if dice:
+            ax2.plot([h["iteration"] for h in dice], [100 * h["val_mdice"] for h in dice], "s--", color="#2ca25f",
+                     ms=4, label="val mDice")
+        ax2.set_ylabel("val mIoU / mDice (%)" if dice else "val mIoU (%)")
         ax2.set_ylim(0, 100)
         l2, lb2 = ax2.get_legend_handles_labels()
         lines, labels = lines + l2, labels + lb2
     ax.legend(lines, labels, loc="center right")
     ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pr_curve(curve: dict, path: str | Path, class_name: str = "foreground",
+                  threshold: float | None = None) -> Path:
+    """The precision-recall curve of ``metrics.PRCurve.compute()`` with its best-F1 point and the threshold
+    in use (argmax is 0.5 for two classes) marked, iso-F1 lines for reading Dice off the picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rec, prec, thr = (np.asarray(curve[k]) for k in ("recall", "precision", "thresholds"))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for f in (0.2, 0.4, 0.6, 0.8):  # points of equal F1 (= Dice for two classes)
+        r = np.linspace(f / (2 - f) + 1e-6, 1, 100)
+        ax.plot(r, f * r / (2 * r - f), color="#cccccc", lw=0.8)
+        ax.annotate(f"F1 {f}", (1, f / (2 - f)), fontsize=7, color="#999999", xytext=(-28, 3),
+                    textcoords="offset points")
+    ap = curve.get("average_precision")
+    ax.plot(rec, prec, color="#1f5fbf", lw=2, label=f"{class_name}" + (f" (AP {ap:.3f})" if ap is not None else ""))
+    best_t = curve["best_threshold"]
+    k = int(np.abs(thr - best_t).argmin())
+    ax.plot(rec[k], prec[k], "o", color="#2ca25f", label=f"best F1 {curve['best_f1']:.3f} at threshold {best_t:.2f}")
+    used = 0.5 if threshold is None else threshold
+    k = int(np.abs(thr - used).argmin())
+    ax.plot(rec[k], prec[k], "s", color="#d8553b",
+            label=f"threshold {used:.2f}" + (" (argmax)" if threshold is None else ""))
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(f"recall ({class_name})")
+    ax.set_ylabel(f"precision ({class_name})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"Precision-recall over the threshold on p({class_name})")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

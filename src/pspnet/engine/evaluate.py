@@ -1,4 +1,8 @@
-"""Dataset evaluation: confusion matrix over every pixel, then metrics, JSON and pictures."""
+"""Dataset evaluation: confusion matrix over every pixel, then metrics, JSON and pictures.
+
+For two classes the foreground probability is also binned into a precision-recall curve, and a
+``threshold`` on it can replace the argmax (argmax is the same as threshold 0.5).
+"""
 
 from __future__ import annotations
 
@@ -12,41 +16,67 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pspnet.device import autocast
-from pspnet.engine.metrics import ConfusionMatrix, Metrics
+from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve
 from pspnet.errors import PSPNetError
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import predict_probs
 from pspnet.model.bundled import load
 
 
+def threshold_prediction(probs: torch.Tensor, threshold: float, positive: int = 1) -> torch.Tensor:
+    """Two-class labels from probabilities (N, 2, H, W): ``positive`` where its probability >= ``threshold``."""
+    if probs.shape[1] != 2:
+        raise PSPNetError(f"a foreground threshold needs a two-class model, this one has {probs.shape[1]} classes")
+    if not 0.0 <= threshold <= 1.0:
+        raise PSPNetError(f"threshold must be a probability in [0, 1], got {threshold}")
+    fg = probs[:, positive] >= threshold
+    return torch.where(fg, positive, 1 - positive)
+
+
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "whole",
              crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
              device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
-             class_names: Sequence[str] | None = None) -> Metrics:
-    """mIoU etc. of ``model`` on ``dataset`` (normalised images, masks with 255 = ignore), one image at a time."""
+             class_names: Sequence[str] | None = None, threshold: float | None = None,
+             positive: int = 1) -> Metrics:
+    """mIoU, Dice etc. of ``model`` on ``dataset`` (normalised images, masks with 255 = ignore), one image at
+    a time. Two classes: ``threshold`` on class ``positive``'s probability replaces the argmax, and the
+    metrics carry the precision-recall curve of class ``positive``."""
+    if threshold is not None and num_classes != 2:
+        raise PSPNetError(f"a foreground threshold needs two classes, the model has {num_classes}")
+    if num_classes == 2 and positive not in (0, 1):
+        raise PSPNetError(f"positive must be class 0 or 1, got {positive}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes)
+    curve = PRCurve(positive) if num_classes == 2 else None
     align = getattr(model, "align_corners", True)
     try:
         for i in tqdm(range(len(dataset)), desc="eval", disable=not progress, leave=False):
             image, mask = dataset[i]
             with autocast(device, precision):
                 probs = predict_probs(model, image[None].to(device), num_classes, mode, crop, scales, flip, align)
-            cm.update(probs.argmax(1)[0], mask)
+            pred = probs.argmax(1) if threshold is None else threshold_prediction(probs, threshold, positive)
+            cm.update(pred[0], mask)
+            if curve is not None:
+                curve.update(probs[0, positive], mask)
     finally:
         model.train(was_training)
-    return cm.compute(class_names or getattr(dataset, "class_names", None))
+    metrics = cm.compute(class_names or getattr(dataset, "class_names", None))
+    metrics.threshold = threshold
+    metrics.pr_curve = curve.compute() if curve is not None else None
+    return metrics
 
 
 def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str | Path, split: str = "val",
                    mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                    flip: bool = False, device: str = "auto", precision: str = "auto",
                    out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
-                   backend: str = "torch", **dataset_options) -> Metrics:
+                   backend: str = "torch", threshold: float | None = None, positive: int = 1,
+                   **dataset_options) -> Metrics:
     """Evaluate a model (a PSPNet, a weights path, a bundled name or an .onnx file) on a dataset split; with
-    ``out_dir`` also write metrics.json, per_class_iou.png and confusion_matrix.png there.
+    ``out_dir`` also write metrics.json, per_class_iou.png, confusion_matrix.png (and pr_curve.png for two
+    classes) there. ``threshold``/``positive``: see ``evaluate``.
 
     ``backend="onnxruntime"`` measures the deployed ONNX graph itself (an .onnx file: export others first, e.g.
     with ``pspnet.export.onnx.cached_onnx``)."""
@@ -75,37 +105,50 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                           f"{ds.num_classes}")
     names = ds.class_names
     subset = Subset(ds, range(min(limit, len(ds)))) if limit else ds
-    metrics = evaluate(model.to(dev), subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names)
+    metrics = evaluate(model.to(dev), subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
+                       threshold, positive)
     if out_dir is not None:
         write_report(metrics, out_dir)
     return metrics
 
 
 def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
-    """metrics.json, a per-class IoU bar chart and a row-normalised confusion-matrix heat map."""
+    """metrics.json, per-class IoU/Dice/precision/recall bars, a row-normalised confusion-matrix heat map,
+    and for two classes the precision-recall curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from pspnet.engine.curves import plot_pr_curve
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2))
 
     names = metrics.class_names
-    ious = [100 * v if v is not None else 0.0 for v in metrics.iou]
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 4))
-    bars = ax.bar(range(len(names)), ious, color="#3b7dd8")
-    for b, v in zip(bars, metrics.iou):
-        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, "absent" if v is None else f"{100 * v:.1f}",
-                ha="center", fontsize=7)
-    ax.axhline(100 * metrics.miou, color="#d8553b", ls="--", label=f"mIoU {100 * metrics.miou:.1f}")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_ylabel("IoU (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(loc="upper right")
-    ax.set_title("Per-class IoU")
+    series = [("IoU", metrics.iou, "#3b7dd8"), ("Dice", metrics.dice, "#2ca25f"),
+              ("precision", metrics.precision, "#e6a23c"), ("recall", metrics.recall, "#9467bd")]
+    series = [s for s in series if s[1]]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.2))
+    x = np.arange(len(names))
+    for k, (label, values, colour) in enumerate(series):
+        pos = x - 0.4 + width * (k + 0.5)
+        bars = ax.bar(pos, [100 * v if v is not None else 0.0 for v in values], width, color=colour, label=label)
+        if len(names) <= 12 or label == "IoU":
+            for b, v in zip(bars, values):
+                ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, "absent" if v is None else f"{100 * v:.1f}",
+                        ha="center", fontsize=6 if len(series) > 1 else 7, rotation=90 if len(series) > 2 else 0)
+    ax.axhline(100 * metrics.miou, color="#d8553b", ls="--", lw=1, label=f"mIoU {100 * metrics.miou:.1f}")
+    if metrics.dice:
+        ax.axhline(100 * metrics.mdice, color="#2ca25f", ls=":", lw=1, label=f"mDice {100 * metrics.mdice:.1f}")
+    ax.set_xticks(x, names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 118)
+    ax.legend(loc="upper center", ncol=len(series) + 2, fontsize=7, frameon=False)
+    ax.set_title("Per-class IoU, Dice, precision and recall" if len(series) > 1 else "Per-class IoU")
     fig.tight_layout()
     fig.savefig(out / "per_class_iou.png", dpi=120)
     plt.close(fig)
@@ -130,4 +173,8 @@ def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(out / "confusion_matrix.png", dpi=120)
     plt.close(fig)
-    return [out / "metrics.json", out / "per_class_iou.png", out / "confusion_matrix.png"]
+    files = [out / "metrics.json", out / "per_class_iou.png", out / "confusion_matrix.png"]
+    if metrics.pr_curve is not None:
+        files.append(plot_pr_curve(metrics.pr_curve, out / "pr_curve.png", names[metrics.pr_curve["positive"]],
+                                   metrics.threshold))
+    return files
