@@ -31,10 +31,12 @@ def atomic_save(obj: Any, path: str | Path, keep_previous: bool = False) -> None
     """
     path = Path(path)
     try:
+        if keep_previous and path.is_file():  # a second name for the current file: last.pt never goes missing
+            with atomic_path(previous_of(path)) as prev:
+                prev.unlink()
+                os.link(path, prev)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            if keep_previous and path.is_file():
-                os.replace(path, previous_of(path))
     except OSError as err:
         raise PSPNetError(f"{path}: cannot write the checkpoint ({err.strerror or err}); free space or make the "
                           "folder writable, then continue with --resume") from err
