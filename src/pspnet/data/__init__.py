@@ -24,10 +24,9 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
     "list": list_dataset,
     "medical": medical_folder,  # DICOM/NIfTI slices; needs pip install 'pspnet[medical]'
 }
-TAKES_OPTIONS = {"folder", "list"}
+TAKES_OPTIONS = {"folder", "list", "medical"}
 # options every layout takes: hold out whole sequences (see ``datasets.build_split``)
 SEQUENCE_OPTIONS = ("holdout_sequences", "holdout_from", "sequence_pattern")
-from pspnet.data.medical import medical_folder
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,
