@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pspnet.benchmark import BenchConfig, format_table, load_cases, plot, run_benchmark, write_json
-from pspnet.benchmark.cases import SAMPLE, Case, build_model, torch_paths
+from pspnet.benchmark.cases import Case, build_model, torch_paths
+from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE
 from pspnet.benchmark.measure import PeakMemory, gflop, timed
 from pspnet.benchmark.run import (
     MIN_AGREEMENT,

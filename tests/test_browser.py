@@ -18,7 +18,7 @@ import pytest
 
 import pspnet
 
-SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
+from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
 CHROMIUM = os.environ.get("PSPNET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]

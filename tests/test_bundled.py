@@ -1,6 +1,5 @@
 """The bundled CamVid model: a small safetensors file that rebuilds itself and really segments road scenes."""
 
-from pathlib import Path
 
 import numpy as np
 
@@ -9,7 +8,7 @@ from pspnet.engine.evaluate import evaluate_model
 from pspnet.model.bundled import BUNDLED, WEIGHTS_DIR
 from pspnet.model.serialization import read_safetensors_config
 
-SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
+from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
 
 
 def test_bundled_file_is_small_and_carries_its_config():

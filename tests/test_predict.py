@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 import pspnet
 from pspnet.cli import main
 
-SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
+from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import io
 import re
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ import pspnet  # noqa: E402
 from pspnet.errors import PSPNetError  # noqa: E402
 from pspnet.serve.app import create_app  # noqa: E402
 
-SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
 
 
 class FakeSegmenter:

@@ -24,10 +24,9 @@ from PIL import Image
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-import pspnet  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SAMPLE = Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg"
+from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
 GIB = 2**30
 PEAK_BOUND = 2.5 * GIB  # docs/serve.md, "Memory: the worst case"
 GROWTH_BOUND = 1.4 * GIB  # of which above the idle server's RSS

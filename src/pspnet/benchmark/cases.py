@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +26,6 @@ from pspnet.inference.fast import FastPath, fast_call, fast_model
 
 logger = logging.getLogger(__name__)
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
 # case names of the int8 variants, by which convs stay in float (see pspnet.export.quantize)
 INT8_NAMES = {"classifier": "ORT int8 all", "sensitive": "ORT int8", "backbone": "ORT int8 head"}
 
@@ -70,11 +68,11 @@ def frame(size: Sequence[int], mean: Sequence[float], std: Sequence[float], batc
     from PIL import Image
 
     from pspnet.data.io import read_image
+    from pspnet.model.bundled import SAMPLE_IMAGE
+    from pspnet.inference.segmenter import to_input
 
-    im = read_image(SAMPLE).resize((int(size[1]), int(size[0])), Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(im, np.float32).copy()).permute(2, 0, 1)[None] / 255.0
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return x.repeat(batch, 1, 1, 1).to(device)
+    im = read_image(SAMPLE_IMAGE).resize((int(size[1]), int(size[0])), Image.BILINEAR)
+    return to_input([im], mean, std).repeat(batch, 1, 1, 1).to(device)
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:

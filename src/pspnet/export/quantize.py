@@ -38,6 +38,7 @@ def calibration_frames(folder: str | Path, count: int, mean: Sequence[float], st
     from PIL import Image
 
     from pspnet.data.io import list_images, read_image
+    from pspnet.inference.segmenter import to_input
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -46,15 +47,12 @@ def calibration_frames(folder: str | Path, count: int, mean: Sequence[float], st
     if not files:
         raise PSPNetError(f"{folder}: no images to calibrate on")
     picks = [files[round(i * (len(files) - 1) / max(count - 1, 1))] for i in range(min(count, len(files)))]
-    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
     out = []
     for path in picks:
         im = read_image(path)
         if size is not None:
             im = im.resize((int(size[-1]), int(size[0])), Image.BILINEAR)
-        arr = np.asarray(im, np.float32).transpose(2, 0, 1)[None] / 255.0
-        out.append(((arr - m) / s).astype(np.float32))
+        out.append(to_input([im], mean, std).numpy())
     return out
 
 

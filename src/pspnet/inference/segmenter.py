@@ -58,6 +58,13 @@ def to_pil(image: ImageLike) -> Image.Image:
     raise PSPNetError(f"unsupported image type {type(image).__name__}")
 
 
+def to_input(images: Sequence[Image.Image], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Same-sized RGB images as the model's input: (N, 3, H, W) float32, scaled to 0..1, then (x - mean) / std."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
 class Segmenter:
     """Runs a PSPNet on images of any size and returns class maps at the original resolution."""
 
@@ -83,18 +90,13 @@ class Segmenter:
         self.class_names: list[str] = cfg["class_names"]
         self.palette: list[list[int]] = cfg["palette"]
         self.num_classes: int = cfg["num_classes"]
-        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.mean: list[float] = cfg["mean"]
+        self.std: list[float] = cfg["std"]
         self.align_corners = cfg.get("align_corners", True)
         self.mode, self.crop, self.scales, self.flip = mode, crop, tuple(scales), flip
         self.batch_size = batch_size
         if mode == "slide" and not crop:
             raise PSPNetError("--mode slide needs --crop H W")
-
-    def _tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
-        return ((x - self.mean) / self.std).to(self.device)
 
     def check_size(self, image: Image.Image) -> None:
         """Refuse whole-image inference that would need more memory than the limit (only the size is read)."""
@@ -117,7 +119,7 @@ class Segmenter:
         for idx in groups.values():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start:start + self.batch_size]
-                x = self._tensor([pils[i] for i in chunk])
+                x = to_input([pils[i] for i in chunk], self.mean, self.std).to(self.device)
                 with torch.inference_mode(), autocast(self.device, self.precision):
                     p = predict_probs(self._net, x, self.num_classes, self.mode, self.crop, self.scales, self.flip,
                                       self.align_corners)

@@ -36,6 +36,7 @@ from PIL import Image
 from pspnet.data.io import FORMATS_TEXT, ImageTooLarge, decode_rgb, open_image
 from pspnet.errors import PSPNetError
 from pspnet.inference.visualize import label_png, overlay
+from pspnet.model.bundled import SAMPLE_IMAGE
 from pspnet.serve.admission import Budget, OverBudget, byte_budget, pixel_budget
 from pspnet.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
 from pspnet.serve.metrics import ServerMetrics
@@ -53,7 +54,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "camvid_0016E5_08059.jpg"
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 16_000_000  # 4000x4000; decoding one takes 64 MB (Pillow keeps RGB in 4 bytes a pixel)
 # What the model sees at scale 1: 3x the 480x360 frames the bundled model was trained on, and one
@@ -414,9 +414,9 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
 
     @app.get("/v1/sample", summary="The bundled sample image (JPEG)", response_class=FileResponse)
     async def sample() -> FileResponse:
-        if not SAMPLE.is_file():
+        if not SAMPLE_IMAGE.is_file():
             raise HTTPException(404, "no sample image in this installation")
-        return FileResponse(SAMPLE, media_type="image/jpeg", filename=SAMPLE.name)
+        return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg", filename=SAMPLE_IMAGE.name)
 
     @app.get("/healthz", summary="Liveness: 200 while the model worker is alive")
     async def healthz() -> JSONResponse:
