@@ -15,7 +15,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "(classes, palette, mean/std) in its metadata, then checks ONNX Runtime against "
                                    "PyTorch at two sizes other than the traced one.")
     add_model(p)
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"),

@@ -19,7 +19,7 @@ from pspnet.device import autocast
 from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve
 from pspnet.errors import PSPNetError
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
-from pspnet.inference.predict import predict_probs
+from pspnet.inference.predict import check_mode, predict_probs
 from pspnet.model.bundled import load
 
 
@@ -86,10 +86,7 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     from pspnet.data.transforms import eval_transforms
     from pspnet.device import resolve_device, resolve_precision
 
-    if mode not in ("whole", "slide"):
-        raise PSPNetError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    if mode == "slide" and not crop:
-        raise PSPNetError("slide mode needs a crop size (--crop H W), e.g. the training crop")
+    check_mode(mode, crop)
     if crop is not None and len(crop) == 1:
         crop = (crop[0], crop[0])
     if uses_onnxruntime(model, backend):

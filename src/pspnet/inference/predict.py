@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pspnet.errors import PSPNetError
+
 
 def _forward(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
     probs = model(x).float().softmax(1)
@@ -45,6 +47,14 @@ def sliding_window(model: nn.Module, x: torch.Tensor, num_classes: int, crop: Se
     return out[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
+def check_mode(mode: str, crop: Sequence[int] | None) -> None:
+    """The inference mode and its crop, checked once for every entry point (Segmenter, evaluate, predict_probs)."""
+    if mode not in ("whole", "slide"):
+        raise PSPNetError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide" and (not crop or any(int(c) < 1 for c in crop)):
+        raise PSPNetError(f"slide mode needs a crop size (--crop H W, positive), e.g. the training crop; got {crop}")
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, x: torch.Tensor, num_classes: int, mode: str = "whole",
                   crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
@@ -53,10 +63,7 @@ def predict_probs(model: nn.Module, x: torch.Tensor, num_classes: int, mode: str
 
     ``mode`` is ``whole`` (one forward pass per scale) or ``slide`` (crops of size ``crop``).
     """
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    if mode == "slide" and not crop:
-        raise ValueError("sliding-window inference needs a crop size")
+    check_mode(mode, crop)
     h, w = x.shape[-2:]
     total = None
     for s in scales:

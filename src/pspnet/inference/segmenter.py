@@ -19,7 +19,7 @@ from pspnet.device import autocast, resolve_device, resolve_precision
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import FastPath, fast_model
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
-from pspnet.inference.predict import predict_probs
+from pspnet.inference.predict import check_mode, predict_probs
 from pspnet.inference.visualize import overlay as draw_overlay
 from pspnet.model.bundled import load
 from pspnet.model.pspnet import PSPNet
@@ -71,6 +71,7 @@ class Segmenter:
     def __init__(self, model: str | Path | PSPNet = "camvid", device: str = "auto", precision: str = "auto",
                  mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                  flip: bool = False, backend: str = "torch", batch_size: int = 4):
+        check_mode(mode, crop)  # before loading a model
         if uses_onnxruntime(model, backend):
             self.model: Any = OrtModel(model, device=device)
             self.device = torch.device("cpu")
@@ -95,8 +96,6 @@ class Segmenter:
         self.align_corners = cfg.get("align_corners", True)
         self.mode, self.crop, self.scales, self.flip = mode, crop, tuple(scales), flip
         self.batch_size = batch_size
-        if mode == "slide" and not crop:
-            raise PSPNetError("--mode slide needs --crop H W")
 
     def check_size(self, image: Image.Image) -> None:
         """Refuse whole-image inference that would need more memory than the limit (only the size is read)."""
