@@ -4,6 +4,7 @@ in the bucket, a rerun skips every frame, a foreign object at an output key is r
 
 import csv
 import io
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -32,6 +33,16 @@ def test_glob_regex_keeps_wildcards_inside_folders():
     assert rx.match("a.png") and rx.match("x/y/a.png") and not rx.match("a.jpg")
     assert _glob_regex("*.png").match("a.png") and not _glob_regex("*.png").match("x/a.png")
     assert _glob_regex("f?[0-9].jp*g").match("fa1.jpeg") and not _glob_regex("f?[!0-9].jpg").match("fa1.jpg")
+
+
+def test_core_imports_neither_ray_nor_pyarrow_fs():
+    import subprocess
+    import sys
+
+    code = ("import sys, pspnet, pspnet.cli, pspnet.inference.batch, pspnet.inference.distributed, "
+            "pspnet.inference.remote; assert not {'ray', 'pyarrow.fs'} & set(sys.modules), sys.modules.keys()")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": src}, timeout=120)
 
 
 def _frames(dst: Path, n: int = 4) -> list[Path]:
@@ -176,3 +187,32 @@ def test_ray_engine_s3_to_s3_equals_local_predict_and_rerun_skips(s3, frames, re
         assert "done 0, skipped 4 (unchanged), failed 1" in capsys.readouterr().out
     finally:
         ray.shutdown()
+
+
+KILLED_MIDWAY = """
+import os
+from pspnet.inference.batch import OutputOptions, open_manifest, prepare
+from pspnet.inference.remote import destination
+
+out = destination("s3://bucket/out")
+plan, fingerprint = prepare(["s3://bucket/in"], out, OutputOptions(overlay=False), {"any": "options"})
+manifest = open_manifest(out, fingerprint)
+with manifest.batch(plan[:2]):
+    manifest.write(plan[0].label, lambda f: f.write(b"half a batch"))
+    os._exit(9)  # killed after an output is in place, before its row is finished
+"""
+
+
+@pytest.mark.slow
+def test_s3_outputs_of_a_batch_killed_midway_are_replaced_not_refused(s3, frames, reference):
+    import subprocess
+    import sys
+
+    _upload(s3, frames)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    done = subprocess.run([sys.executable, "-c", KILLED_MIDWAY], env={**os.environ, "PYTHONPATH": src},
+                          capture_output=True, timeout=300)
+    assert done.returncode == 9, done.stderr.decode()[-2000:]
+    assert b"half a batch" in _bucket_labels(s3).values()
+    assert main(["predict", "s3://bucket/in", "--out", "s3://bucket/out", *COMMON]) == 0  # not "did not write it"
+    assert _bucket_labels(s3) == reference

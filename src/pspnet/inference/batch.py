@@ -136,12 +136,13 @@ def _prepare_uris(items: Sequence[str], out: Path | Remote, outputs: OutputOptio
         sources.append(Source(Path("stdin"), Path("."), Path("stdin"), "stdin"))
     plan = plan_outputs(sources, out.path if remote else out, outputs.kinds())
     if remote:
-        existing = check_remote_plan(plan, out, overwrite)
+        existing, rows = check_remote_plan(plan, out, overwrite)
     else:
         check_plan(plan, out, [Path(i) for i in items if not is_uri(i) and Path(i).is_dir()], overwrite)
     fingerprint = options_fingerprint({**options, "outputs": outputs.kinds(), "alpha": outputs.alpha})
     if not overwrite:
-        skipped = mark_done_remote(plan, out, fingerprint, existing) if remote else mark_done(plan, out, fingerprint)
+        skipped = (mark_done_remote(plan, out, fingerprint, existing, rows) if remote
+                   else mark_done(plan, out, fingerprint))
         if skipped:
             logger.info("%d input(s) unchanged since an earlier run in %s: skipped", skipped, out)
     return plan, fingerprint

@@ -333,9 +333,9 @@ def _existing(out: Remote) -> set[str]:
     return {i.path for i in _infos(out, str(out.path)) if i.type == pyarrow.fs.FileType.File}
 
 
-def check_remote_plan(plan: Sequence[Planned], out: Remote, overwrite: bool = False) -> set[str]:
+def check_remote_plan(plan: Sequence[Planned], out: Remote, overwrite: bool = False) -> tuple[set[str], list[dict]]:
     """Refuse an ``out`` inside or around an input root, an output that is an input, or objects pspnet did not
-    write at output keys (unless ``overwrite``); returns the files now under ``out``."""
+    write at output keys (unless ``overwrite``); returns the files now under ``out`` and the manifest rows."""
     where = str(out)
     for p in plan:
         root = str(p.source.root_key) if isinstance(p.source, RemoteSource) else ""
@@ -345,7 +345,8 @@ def check_remote_plan(plan: Sequence[Planned], out: Remote, overwrite: bool = Fa
                               "choose an output folder apart from the inputs")
     inputs = {p.source.key for p in plan}
     existing = _existing(out)
-    owned = {str(out.path / rel) for row in _part_rows(out) for rel in row["outputs"].split(";") if rel}
+    rows = _part_rows(out)
+    owned = {str(out.path / rel) for row in rows for rel in row["outputs"].split(";") if rel}
     foreign = []
     for p in plan:
         for dst in p.outputs.values():
@@ -357,12 +358,15 @@ def check_remote_plan(plan: Sequence[Planned], out: Remote, overwrite: bool = Fa
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise PSPNetError(f"{', '.join(foreign[:3])}{more}: exist(s) in --out but pspnet did not write it; move it "
                           "away, choose another --out, or pass --overwrite to replace it")
-    return existing
+    return existing, rows
 
 
-def mark_done_remote(plan: Sequence[Planned], out: Remote, options: str, existing: set[str]) -> int:
-    """Set ``skip`` on inputs an earlier run finished with the same object and options; returns how many."""
-    last = _finished(_part_rows(out))
+def mark_done_remote(plan: Sequence[Planned], out: Remote, options: str, existing: set[str],
+                     rows: list[dict]) -> int:
+    """Set ``skip`` on inputs an earlier run finished with the same object and options; returns how many.
+
+    ``existing`` and ``rows`` are what :func:`check_remote_plan` found, so ``out`` is listed and read once."""
+    last = _finished(rows)
     n = 0
     for p in plan:
         row = last.get(p.source.key)
