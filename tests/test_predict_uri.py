@@ -1,6 +1,6 @@
 """pspnet predict with URIs: file:// and local:// are local paths; s3:// against a real S3 API served by moto on
 127.0.0.1 (no other network): labels equal local predict byte for byte under the same names, the manifest lives
-in the bucket, a rerun skips every frame, a foreign object at an output key is refused; both engines."""
+in the bucket, a rerun skips every frame, a foreign object at an output key is refused; both engines; videos."""
 
 import csv
 import io
@@ -216,3 +216,28 @@ def test_s3_outputs_of_a_batch_killed_midway_are_replaced_not_refused(s3, frames
     assert b"half a batch" in _bucket_labels(s3).values()
     assert main(["predict", "s3://bucket/in", "--out", "s3://bucket/out", *COMMON]) == 0  # not "did not write it"
     assert _bucket_labels(s3) == reference
+
+
+@pytest.mark.slow
+def test_s3_video_in_and_overlay_video_out(s3, tmp_path):
+    av = pytest.importorskip("av")
+    import pspnet
+
+    path = tmp_path / "clip.mp4"
+    base = Image.open(Path(pspnet.__file__).parent / "samples" / "camvid_0016E5_08059.jpg").convert("RGB")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
+        for i in range(5):
+            for packet in stream.encode(av.VideoFrame.from_image(base.resize((96, 72)).rotate(i * 3))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    s3.put_object(Bucket="bucket", Key="videos/day1/clip.mp4", Body=path.read_bytes())
+    assert main(["predict", "s3://bucket/videos", "--out", "s3://bucket/vout", "--no-progress"]) == 0
+    result = tmp_path / "clip_overlay.mp4"
+    result.write_bytes(s3.get_object(Bucket="bucket", Key="vout/day1/clip_overlay.mp4")["Body"].read())
+    with av.open(str(result)) as video:
+        frames = [f.to_image() for f in video.decode(video=0)]
+    assert len(frames) == 5 and frames[0].size == (96, 72)
+    assert [r["output"] for r in _bucket_manifest(s3, "vout")] == ["day1/clip_overlay.mp4"]
