@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,8 @@ def s3(monkeypatch):
     from pspnet.inference import remote
 
     remote._resolve.cache_clear()  # file systems made for an earlier server
+    # moto keeps its buckets per Python process, not per server: start every test from an empty store
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket="bucket")
     yield client
