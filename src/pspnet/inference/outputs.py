@@ -2,6 +2,8 @@
 
 Shared by local ``pspnet predict`` and the Ray engine (``pspnet.inference.distributed``) so both write the
 same files under the same names.
+Inputs and outputs at URIs (``s3://``...) use the same plan: ``pspnet.inference.remote`` supplies their
+``Source`` and ``Manifest`` variants.
 
 Naming rule
     An input ``ROOT/sub/dir/name.ext`` writes ``OUT/sub/dir/name.png`` (label map) and
