@@ -20,9 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "(good.jpg.png). Results are listed in OUT/manifest.csv; a bad image is reported "
                                    "at the end (exit 2) after every other one is written.")
     p.add_argument("inputs", nargs="*", help="image files, folders (recursive), glob patterns, .txt lists of paths, "
-                   "videos, or - for stdin (default: the bundled sample frame)")
+                   "videos, URIs of any of these (s3://, gs://, hdfs://, file://), or - for stdin (default: the "
+                   "bundled sample frame)")
     add_segmenter(p)
-    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    p.add_argument("--out", default="predictions", help="output folder, or a URI (s3://bucket/labels)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--no-overlay", action="store_true")
     p.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npz (float16 class probabilities)")
@@ -40,10 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.inference.batch import OutputOptions, check_device, prepare, run_local, validate_numbers
+    from pspnet.inference.batch import (OutputOptions, check_device, merge_manifests, prepare, run_local,
+                                        validate_numbers)
+    from pspnet.inference.remote import destination
 
     validate_numbers(args.scales, args.alpha, args.batch_size, args.crop)
     check_device(args.device)
+    args.out = destination(args.out)
     if args.workers < 1:
         raise PSPNetError(f"--workers {args.workers}: must be at least 1")
     from pspnet.model.bundled import SAMPLE_IMAGE
@@ -74,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_local(seg, plan, args.out, fingerprint, args.alpha, args.batch_size, stdin_data,
                             progress=bar.update)
         bar.close()
-    from pspnet.inference.outputs import merge_manifest
-
-    manifest = merge_manifest(args.out)
+    manifest = merge_manifests(args.out)
     print(f"{args.out}: {summary.line()}; manifest {manifest}")
     if len(summary.failed) == 1:
         raise PSPNetError(f"{summary.failed[0][1]} (every other input was written; see {manifest})")

@@ -7,6 +7,8 @@ model once, sets its own thread count, decodes, segments and writes its files at
 a manifest row per input the moment its files are in place. Killing the driver (or losing a node) loses
 at most the batches in flight; rerunning the same command skips every input with a manifest row.
 Videos are one task each (batch size 1), their frames batched inside the task.
+Inputs and ``out`` may be URIs (``s3://``, ``gs://``, ``hdfs://``): replicas then read and write through
+``pyarrow.fs`` themselves (:mod:`pspnet.inference.remote`), resolving each URI from their own environment.
 
 Ray is optional (``pip install 'pspnet[ray]'``) and imported only here, only when this engine runs.
 """
@@ -16,14 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
-from typing import Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from pspnet.errors import PSPNetError
 from pspnet.inference.batch import Summary, tally
 from pspnet.inference.outputs import Planned, Source
+
+if TYPE_CHECKING:
+    from pspnet.inference.remote import Remote
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +44,30 @@ def _import_ray():
     return ray
 
 
-def _to_item(p: Planned) -> dict:
-    s = p.source  # absolute paths: a worker's current folder is not the driver's
-    return {"path": os.path.abspath(s.path), "root": os.path.abspath(s.root), "rel": str(s.rel), "kind": s.kind,
-            "outputs": ";".join(f"{k}={os.path.abspath(v)}" for k, v in p.outputs.items())}
+def _to_item(p: Planned, remote_out: bool) -> dict:
+    from pspnet.inference.remote import RemoteSource
+
+    s = p.source  # absolute local paths: a worker's current folder is not the driver's
+    remote = isinstance(s, RemoteSource)
+    where = str if remote else os.path.abspath
+    return {"path": where(s.path), "root": where(s.root), "rel": str(s.rel), "kind": s.kind,
+            "fs": s.fs if remote else "", "size": s.size if remote else -1, "mtime_ns": s.mtime_ns if remote else -1,
+            "outputs": ";".join(f"{k}={v if remote_out else os.path.abspath(v)}" for k, v in p.outputs.items())}
 
 
-def _from_item(item: dict) -> Planned:
+def _from_item(item: dict, remote_out: bool) -> Planned:
+    from pspnet.inference.remote import RemoteSource
+
     outputs = dict(kv.split("=", 1) for kv in str(item["outputs"]).split(";"))
-    source = Source(Path(str(item["path"])), Path(str(item["root"])), Path(str(item["rel"])), str(item["kind"]))
-    return Planned(source, {k: Path(v) for k, v in outputs.items()})
+    fs = str(item["fs"])
+    if fs:
+        source: Source = RemoteSource(PurePosixPath(str(item["path"])), PurePosixPath(str(item["root"])),
+                                      PurePosixPath(str(item["rel"])), str(item["kind"]), fs=fs,
+                                      size=int(item["size"]), mtime_ns=int(item["mtime_ns"]))
+    else:
+        source = Source(Path(str(item["path"])), Path(str(item["root"])), Path(str(item["rel"])), str(item["kind"]))
+    kind = PurePosixPath if remote_out else Path
+    return Planned(source, {k: kind(v) for k, v in outputs.items()})
 
 
 class _Replica:
@@ -57,19 +76,21 @@ class _Replica:
     def __init__(self, seg_kwargs: dict, out: str, fingerprint: str, alpha: float, threads: int):
         import torch
 
-        from pspnet.inference.outputs import Manifest
+        from pspnet.inference.batch import open_manifest
+        from pspnet.inference.remote import destination, is_uri
         from pspnet.inference.segmenter import Segmenter
 
         torch.set_num_threads(threads)
         self.seg = Segmenter(**seg_kwargs)
-        self.manifest = Manifest(Path(out), fingerprint)
+        self.remote_out = is_uri(out)
+        self.manifest = open_manifest(destination(out), fingerprint)
         self.alpha = alpha
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pspnet.inference.batch import process_batch, process_video
 
         keys = list(batch)
-        plans = [_from_item({k: batch[k][i] for k in keys}) for i in range(len(batch["path"]))]
+        plans = [_from_item({k: batch[k][i] for k in keys}, self.remote_out) for i in range(len(batch["path"]))]
         images = [p for p in plans if p.source.kind != "video"]
         rows = process_batch(self.seg, images, self.manifest, self.alpha) if images else []
         rows += [process_video(self.seg, p, self.manifest, self.alpha) for p in plans if p.source.kind == "video"]
@@ -77,14 +98,16 @@ class _Replica:
                 "frames": np.array([int(r.get("frames", 1)) for r in rows])}
 
 
-def run_ray(plan: Sequence[Planned], out: Path, fingerprint: str, seg_kwargs: dict, alpha: float, batch_size: int,
-            workers: int, address: str | None = None, progress: bool = True) -> Summary:
+def run_ray(plan: Sequence[Planned], out: Path | Remote, fingerprint: str, seg_kwargs: dict, alpha: float,
+            batch_size: int, workers: int, address: str | None = None, progress: bool = True) -> Summary:
     """Segment every planned input not marked ``skip`` on Ray; returns what was done, skipped and failed.
 
     ``address`` None starts Ray on this machine (unless the caller already called ``ray.init``); ``auto``
     or ``ray://host:10001`` joins a cluster, whose nodes need pspnet installed and ``out`` on a shared
-    file system.
+    file system, or ``out`` (and the inputs) at URIs every node can reach with its own credentials.
     """
+    from pspnet.inference.remote import is_uri
+
     ray = _import_ray()
     summary = Summary(skipped=sum(p.skip for p in plan))
     todo = [p for p in plan if not p.skip]
@@ -104,8 +127,9 @@ def run_ray(plan: Sequence[Planned], out: Path, fingerprint: str, seg_kwargs: di
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         threads = max(1, cpus // workers)
         start = time.perf_counter()
-        images = [_to_item(p) for p in todo if p.source.kind != "video"]
-        videos = [_to_item(p) for p in todo if p.source.kind == "video"]
+        remote_out = is_uri(_out_text(out))
+        images = [_to_item(p, remote_out) for p in todo if p.source.kind != "video"]
+        videos = [_to_item(p, remote_out) for p in todo if p.source.kind == "video"]
         for items, size in ((images, batch_size), (videos, 1)):
             if not items:
                 continue
@@ -113,7 +137,7 @@ def run_ray(plan: Sequence[Planned], out: Path, fingerprint: str, seg_kwargs: di
             results = ds.map_batches(
                 _Replica, batch_size=size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
-                fn_constructor_kwargs={"seg_kwargs": seg_kwargs, "out": os.path.abspath(out), "fingerprint": fingerprint,
+                fn_constructor_kwargs={"seg_kwargs": seg_kwargs, "out": _out_text(out), "fingerprint": fingerprint,
                                        "alpha": alpha, "threads": threads},
                 num_cpus=0 if gpu else min(threads, cpus), num_gpus=1 if gpu else 0)
             for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
@@ -124,3 +148,10 @@ def run_ray(plan: Sequence[Planned], out: Path, fingerprint: str, seg_kwargs: di
         if started:
             ray.shutdown()
     return summary
+
+
+def _out_text(out: Path | Remote) -> str:
+    """``out`` as the replicas get it: an absolute local path, or the URI (query options included)."""
+    from pspnet.inference.remote import Remote
+
+    return out.uri if isinstance(out, Remote) else os.path.abspath(out)

@@ -2,6 +2,8 @@
 
 Shared by local ``pspnet predict`` and the Ray engine (``pspnet.inference.distributed``) so both write the
 same files under the same names.
+Inputs and outputs at URIs (``s3://``...) use the same plan: ``pspnet.inference.remote`` supplies their
+``Source`` and ``Manifest`` variants.
 
 Naming rule
     An input ``ROOT/sub/dir/name.ext`` writes ``OUT/sub/dir/name.png`` (label map) and
@@ -35,6 +37,7 @@ which replaces a symlink at the destination rather than writing through it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -45,8 +48,8 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from pathlib import Path, PurePath
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 from pspnet.errors import PSPNetError
 from pspnet.files import atomic_write
@@ -68,6 +71,28 @@ class Source:
     root: Path
     rel: Path
     kind: str  # "image", "video" or "stdin"
+
+    @property
+    def on_disk(self) -> bool:
+        """A file of this machine's file system (not stdin, not a URI: see ``pspnet.inference.remote``)."""
+        return self.kind != "stdin"
+
+    @property
+    def key(self) -> str:
+        """What the manifest calls this input: its absolute path, ``-`` for stdin."""
+        return str(self.path.resolve()) if self.kind != "stdin" else "-"
+
+    @property
+    def root_key(self) -> object:
+        """Identifies the root: inputs under one root share an output folder."""
+        return self.root.resolve()
+
+    def identity(self) -> tuple[int, int] | None:
+        """(size, mtime_ns) of the input now; None for stdin or a file that is gone."""
+        if self.kind == "stdin" or not self.path.exists():
+            return None
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
 
 
 @dataclass
@@ -148,22 +173,22 @@ def collect_inputs(items: Sequence[str]) -> list[Source]:
 
 def _root_dirs(sources: Sequence[Source]) -> dict[Path, Path]:
     """Each root's output sub-folder: none for a single root, else its name (made unique) for each."""
-    roots: list[Path] = []
+    roots: dict[object, Source] = {}
     for s in sources:
-        if s.kind != "stdin" and s.root.resolve() not in [r.resolve() for r in roots]:
-            roots.append(s.root)
+        if s.kind != "stdin":
+            roots.setdefault(s.root_key, s)
     if len(roots) <= 1:
-        return {r.resolve(): Path() for r in roots}
-    dirs: dict[Path, Path] = {}
+        return {k: Path() for k in roots}
+    dirs: dict[object, Path] = {}
     used: set[str] = set()
-    for r in roots:
-        name = r.resolve().name or "root"
+    for key, s in roots.items():
+        name = (s.root.resolve() if isinstance(s.root, Path) else s.root).name or "root"
         label, n = name, 1
         while label in used:
             n += 1
             label = f"{name}-{n}"
         used.add(label)
-        dirs[r.resolve()] = Path(label)
+        dirs[key] = Path(label)
     return dirs
 
 
@@ -174,7 +199,7 @@ def plan_outputs(sources: Sequence[Source], out: Path, kinds: Iterable[str]) -> 
     whole: set[int] = set()
 
     def paths(i: int, s: Source) -> dict[str, Path]:
-        folder = out / dirs.get(s.root.resolve(), Path()) / s.rel.parent
+        folder = out / dirs.get(s.root_key, Path()) / s.rel.parent
         stem = s.rel.name if i in whole else s.rel.stem
         suffixes = VIDEO_OUTPUTS if s.kind == "video" else {k: IMAGE_OUTPUTS[k] for k in kinds}
         return {k: folder / f"{stem}{suf}" for k, suf in suffixes.items()}
@@ -225,9 +250,9 @@ def check_plan(plan: Sequence[Planned], out: Path, folder_inputs: Sequence[Path]
             rel = "is" if f == out_r else "contains" if _inside(f, out_r) else "is inside"
             raise PSPNetError(f"--out {out}: {rel} the input folder {folder}; choose an output folder apart from "
                               "the inputs (outputs would overwrite inputs or be read as inputs next time)")
-    inputs = {p.source.path.resolve() for p in plan if p.source.kind != "stdin"}
+    inputs = {p.source.path.resolve() for p in plan if p.source.on_disk}
     for p in plan:
-        if p.source.kind != "stdin" and _inside(p.source.path.resolve(), out_r):
+        if p.source.on_disk and _inside(p.source.path.resolve(), out_r):
             raise PSPNetError(f"--out {out}: contains the input {p.source.path}; choose an output folder apart "
                               "from the inputs")
     owned = owned_outputs(out)
@@ -279,16 +304,34 @@ def mark_done(plan: Sequence[Planned], out: Path, options: str) -> int:
     for p in plan:
         if p.source.kind == "stdin":
             continue
-        row = last.get(str(p.source.path.resolve()))
+        row = last.get(p.source.key)
         if row is None or row["error"] or row["options"] != options:
             continue
-        st = p.source.path.stat()
+        ident = p.source.identity()
         wanted = ";".join(sorted(str(d.relative_to(out)) for d in p.outputs.values()))
-        if (row["size"], row["mtime_ns"]) == (str(st.st_size), str(st.st_mtime_ns)) and row["outputs"] == wanted \
+        if ident and (row["size"], row["mtime_ns"]) == tuple(map(str, ident)) and row["outputs"] == wanted \
                 and all(d.is_file() and not d.is_symlink() for d in p.outputs.values()):
             p.skip = True
             n += 1
     return n
+
+
+def make_row(planned: Planned, out: PurePath, options: str, seconds: float, shares: dict[str, float] | None,
+             error: str) -> dict:
+    """One manifest row: the input as it is now, its outputs relative to ``out``, timing, class shares, error."""
+    ident = planned.source.identity()
+    return {
+        "input": planned.source.key,
+        "output": "" if error else str(planned.label.relative_to(out)),
+        "outputs": "" if error else ";".join(sorted(str(d.relative_to(out)) for d in planned.outputs.values())),
+        "size": ident[0] if ident else "",
+        "mtime_ns": ident[1] if ident else "",
+        "options": options,
+        "seconds": f"{seconds:.4f}",
+        "shares": ";".join(f"{k}:{v:.4f}" for k, v in (shares or {}).items() if v > 0),
+        "error": error,
+        "finished": f"{time.time():.6f}",
+    }
 
 
 @dataclass
@@ -303,22 +346,21 @@ class Manifest:
         (self.out / STATE_DIR).mkdir(parents=True, exist_ok=True)
         self.path = self.out / STATE_DIR / f"manifest-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.csv"
 
+    def batch(self, plans: Sequence[Planned]) -> contextlib.AbstractContextManager:
+        """Around the writes of a batch; nothing to do here, since every row is on disk as it is recorded."""
+        return contextlib.nullcontext()
+
+    def write(self, dst: Path, write: Callable[[BinaryIO], object]) -> None:
+        """Write one output file atomically (temporary file, fsync, rename)."""
+        atomic_write(dst, write)
+
+    def target(self, dst: Path) -> contextlib.AbstractContextManager[Path]:
+        """A local path a writer that makes its own file atomically (the video writer) writes ``dst`` through."""
+        return contextlib.nullcontext(dst)
+
     def record(self, planned: Planned, seconds: float, shares: dict[str, float] | None = None,
                error: str = "") -> dict:
-        src = planned.source
-        st = src.path.stat() if src.kind != "stdin" and src.path.exists() else None
-        row = {
-            "input": str(src.path.resolve()) if src.kind != "stdin" else "-",
-            "output": "" if error else str(planned.label.relative_to(self.out)),
-            "outputs": "" if error else ";".join(sorted(str(d.relative_to(self.out)) for d in planned.outputs.values())),
-            "size": st.st_size if st else "",
-            "mtime_ns": st.st_mtime_ns if st else "",
-            "options": self.options,
-            "seconds": f"{seconds:.4f}",
-            "shares": ";".join(f"{k}:{v:.4f}" for k, v in (shares or {}).items() if v > 0),
-            "error": error,
-            "finished": f"{time.time():.6f}",
-        }
+        row = make_row(planned, self.out, self.options, seconds, shares, error)
         new = not self.path.exists()
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, FIELDS)
