@@ -7,7 +7,6 @@ A bad image is a failure row in the manifest and the run goes on; the caller rep
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -54,8 +53,11 @@ class Summary:
                 f"{self.frames} frame(s) in {self.seconds:.1f} s = {rate:.2f} frames/s")
 
 
-def validate_numbers(scales: Sequence[float], alpha: float, batch_size: int, crop: Sequence[int] | None) -> None:
+def validate_numbers(scales: Sequence[float], alpha: float = 0.5, batch_size: int = 1,
+                     crop: Sequence[int] | None = None) -> None:
     """Option values in range, one message naming the option, the value and what is allowed."""
+    from pspnet.inference.segmenter import MAX_WHOLE_IMAGE_PIXELS
+
     bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
     if bad:
         raise PSPNetError(f"--scales {bad[0]:g}: every scale must be a finite number > 0 (e.g. 0.75 1 1.25)")
@@ -65,27 +67,16 @@ def validate_numbers(scales: Sequence[float], alpha: float, batch_size: int, cro
         raise PSPNetError(f"--batch-size {batch_size}: must be at least 1")
     if crop is not None and any(c < 1 for c in crop):
         raise PSPNetError(f"--crop {' '.join(map(str, crop))}: height and width must be positive")
+    if crop is not None and math.prod(crop) > MAX_WHOLE_IMAGE_PIXELS:
+        raise PSPNetError(f"--crop {' '.join(map(str, crop))}: a window above {MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP "
+                          "would need more memory than whole-image inference is allowed (e.g. --crop 512 512)")
 
 
 def check_device(device: str) -> None:
     """A device name torch knows and that exists here, else one line saying what is available."""
-    import torch
+    from pspnet.device import resolve_device
 
-    if device == "auto":
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise PSPNetError(f"--device {device}: not a device name (use auto, cpu, cuda or cuda:N)") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PSPNetError(f"--device {device}: no CUDA GPU is available here (use cpu or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise PSPNetError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PSPNetError(f"--device {device}: MPS is not available here (use cpu or auto)")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise PSPNetError(f"--device {device}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+    resolve_device(device)
 
 
 def prepare(items: Sequence[str], out: Path, outputs: OutputOptions, options: dict, overwrite: bool = False,
@@ -133,18 +124,13 @@ def write_image_outputs(seg, planned: Planned, image, probs: np.ndarray, alpha: 
 
 
 def _decode(source: Source, stdin_data: bytes | None):
-    from pspnet.data.io import read_image, to_rgb
+    from pspnet.data.io import decode_rgb, read_image
 
     if source.kind != "stdin":
         return read_image(source.path)
-    from PIL import Image, UnidentifiedImageError
-
     if not stdin_data:
         raise PSPNetError("stdin: no image data")
-    try:
-        return to_rgb(Image.open(io.BytesIO(stdin_data)))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise PSPNetError(f"stdin: not a decodable image ({err})") from err
+    return decode_rgb(stdin_data, name="stdin")  # the files' decoder: format allowlist, EXIF, bombs refused
 
 
 def process_batch(seg, batch: Sequence[Planned], manifest: Manifest, alpha: float,
