@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.inference.batch import check_device, validate_numbers
 
     validate_numbers(args.scales, batch_size=args.batch_size, crop=args.crop)
+    if args.mode == "slide" and not args.crop:
+        raise PSPNetError("--mode slide needs --crop H W (e.g. the training crop, 512 512)")
     limits = [("--max-connections", args.max_connections), ("--header-timeout", args.header_timeout),
               ("--body-timeout", args.body_timeout), ("--keep-alive", args.keep_alive),
               ("--max-queue", args.max_queue), ("--max-bytes", args.max_bytes), ("--max-pixels", args.max_pixels),

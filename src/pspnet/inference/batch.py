@@ -67,7 +67,7 @@ def validate_numbers(scales: Sequence[float], alpha: float = 0.5, batch_size: in
         raise PSPNetError(f"--batch-size {batch_size}: must be at least 1")
     if crop is not None and any(c < 1 for c in crop):
         raise PSPNetError(f"--crop {' '.join(map(str, crop))}: height and width must be positive")
-    if crop is not None and math.prod(crop) > MAX_WHOLE_IMAGE_PIXELS:
+    if crop is not None and crop[0] * crop[-1] > MAX_WHOLE_IMAGE_PIXELS:  # eval's --crop S means S x S
         raise PSPNetError(f"--crop {' '.join(map(str, crop))}: a window above {MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP "
                           "would need more memory than whole-image inference is allowed (e.g. --crop 512 512)")
 
@@ -86,6 +86,8 @@ def prepare(items: Sequence[str], out: Path, outputs: OutputOptions, options: di
     Everything that can be refused (out folder, name clashes with inputs or a user's files) is refused here,
     before a model is loaded.
     """
+    if options.get("mode") == "slide" and not options.get("crop"):
+        raise PSPNetError("--mode slide needs --crop H W (e.g. the training crop, 512 512)")
     check_out_dir(out)
     sources = collect_inputs(items)
     if stdin:
