@@ -153,7 +153,7 @@ def png_header_only(width: int, height: int) -> bytes:
     (png_header_only(20000, 20000), "stdin: refused, too many pixels to decode safely"),
     (b"DDS |" + bytes(200), "stdin: not an image file PIL can decode as one of the accepted formats"),
     (b"", "stdin: no image data"),
-])
+], ids=["bomb", "dds", "empty"])
 def test_stdin_bombs_and_other_formats_are_one_line(tmp_path, tiny, capsys, monkeypatch, data, says):
     code, err = predict(["-", "--model", str(tiny), "--out", str(tmp_path / "out")], capsys, data, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and says in err and "Traceback" not in err, err
