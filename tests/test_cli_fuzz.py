@@ -200,8 +200,8 @@ FLOAT_LIMITS = {"--header-timeout", "--body-timeout", "--max-wait-ms"}
 
 
 @SETTINGS
-@given(limits=st.dictionaries(st.sampled_from(SERVE_LIMITS), mostly(["3", "70000", "2.5"], ["-1", "0", "nan", "inf"], 3),
-                             max_size=4),
+@given(limits=st.dictionaries(st.sampled_from(SERVE_LIMITS),
+                             mostly(["3", "70000", "2.5"], ["-1", "0", "nan", "inf"], 3), max_size=4),
        scales=st.lists(SCALES, min_size=1, max_size=2), batch=INTS, device=DEVICES)
 def test_serve_numbers_start_the_server_or_are_one_line_before_the_model(tiny, capsys, monkeypatch, limits, scales,
                                                                          batch, device):

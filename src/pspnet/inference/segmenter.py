@@ -90,9 +90,6 @@ class Segmenter:
         self.batch_size = batch_size
         if mode == "slide" and not crop:
             raise PSPNetError("--mode slide needs --crop H W")
-        if mode == "slide" and crop[0] * crop[-1] > MAX_WHOLE_IMAGE_PIXELS:  # one window is one whole-image pass
-            raise PSPNetError(f"crop {crop[0]}x{crop[-1]} is above the whole-image limit of "
-                              f"{MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP (memory); use a smaller window, e.g. 512 512")
 
     def _tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
