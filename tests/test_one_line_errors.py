@@ -186,3 +186,29 @@ def test_a_60000_channel_head_is_refused_before_any_allocation(tmp_path, tiny):
     assert peak < baseline + 256 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB vs {baseline / 2**20:.0f} MiB: built first"
     print(f"60,000-channel head: would allocate {asked / 2**30:.1f} GiB, peak RSS {peak / 2**20:.0f} MiB "
           f"(a missing file: {baseline / 2**20:.0f} MiB)")
+
+
+def test_a_run_folder_that_becomes_unwritable_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """The second checkpoint save fails as it would in a folder made read-only (root ignores chmod, so the
+    failure is injected): one line naming the folder, exit 2, and last.pt still holds iteration 1."""
+    from pspnet.engine import checkpoint
+
+    real_save, saves = torch.save, []
+
+    def save_once(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) > 1:
+            raise PermissionError(13, "Permission denied")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_once)
+    make_folder_dataset(tmp_path / "data", n_train=2, n_val=2)
+    code = main(train("--iterations", "3", "--checkpoint-every", "1", "--device", "cpu", "--precision", "fp32",
+                      "--set", "val_split=null", "--set", "tensorboard=false")(tmp_path, Path()))
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]  # the run's summary is logged above it
+    assert code == 2 and len(errors) == 1 and err.splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    out_dir = tmp_path / "out" / "run"
+    assert f"{out_dir / 'last.pt'}: cannot write the checkpoint (Permission denied)" in err and "--resume" in err
+    assert checkpoint.load_checkpoint(out_dir / "last.pt")["iteration"] == 1
