@@ -43,11 +43,28 @@ def cpu_has_native_bf16() -> bool:
     return platform.machine() in ("arm64", "aarch64") and "bf16" in flags
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """``auto`` (or None) -> the GPU if there is one, else the CPU."""
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``auto`` (or None) -> the GPU if there is one, else the CPU; any other name must exist here.
+
+    Checked before a model is loaded, so ``--device nonsense`` or ``cuda`` on a machine without a GPU is
+    one line saying what is available, not a traceback from deep inside torch.
+    """
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise PSPNetError(f"--device {device}: not a device name (use auto, cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PSPNetError(f"--device {device}: no CUDA GPU is available here (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PSPNetError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PSPNetError(f"--device {device}: MPS is not available here (use cpu or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PSPNetError(f"--device {device}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+    return dev
 
 
 def cuda_has_native_bf16(device: torch.device | None = None) -> bool:

@@ -39,7 +39,7 @@ def setup_logging(debug: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pspnet", formatter_class=HelpFormatter,
+    parser = Parser(prog="pspnet", formatter_class=HelpFormatter,
                                      description="PSPNet semantic segmentation: train, evaluate, predict, export, "
                                      "benchmark and serve.")
     parser.add_argument("--version", action="version", version=f"pspnet {__version__}")

@@ -40,6 +40,18 @@ def run(args: argparse.Namespace) -> int:
     from pspnet.errors import PSPNetError
     from pspnet.export.onnx import export_onnx
 
+    import torch.onnx._constants as onnx_constants
+
+    max_opset = onnx_constants.ONNX_MAX_OPSET
+    if not 11 <= args.opset <= max_opset:
+        raise PSPNetError(f"--opset {args.opset}: this torch exports opsets 11 to {max_opset}")
+    for flag, values in (("--size", args.size), ("--calib-size", args.calib_size or [1]),
+                         ("--calib-count", [args.calib_count])):
+        if min(values) < 1:
+            raise PSPNetError(f"{flag} {' '.join(map(str, values))}: must be at least 1")
+    if args.size[0] * args.size[1] > 16_000_000:
+        raise PSPNetError(f"--size {args.size[0]} {args.size[1]}: the tracing example needs no more than 16 MP "
+                          "(the file works at any size)")
     if args.int8 and not args.calib:
         raise PSPNetError("--int8 needs --calib FOLDER with real frames (ranges from noise would be wrong)")
     report = export_onnx(args.model, args.out, size=args.size, opset=args.opset, exporter=args.exporter,

@@ -45,14 +45,30 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401 - checked here so the error names the extra
     except ImportError as err:
         raise PSPNetError("pspnet serve needs the 'serve' extra: pip install 'pspnet[serve]'") from err
+    from pspnet.inference.batch import check_device, validate_numbers
+    from pspnet.inference.predict import check_mode
     from pspnet.inference.segmenter import Segmenter
     from pspnet.serve.app import create_app
     from pspnet.serve.server import run_server
 
-    for flag, value in (("--max-connections", args.max_connections), ("--header-timeout", args.header_timeout),
-                        ("--body-timeout", args.body_timeout), ("--keep-alive", args.keep_alive)):
-        if value <= 0:
+    validate_numbers(args.scales, batch_size=args.batch_size, crop=args.crop)
+    check_mode(args.mode, args.crop)
+    limits = [("--max-connections", args.max_connections), ("--header-timeout", args.header_timeout),
+              ("--body-timeout", args.body_timeout), ("--keep-alive", args.keep_alive),
+              ("--max-queue", args.max_queue), ("--max-bytes", args.max_bytes), ("--max-pixels", args.max_pixels),
+              ("--max-inflight-pixels", args.max_inflight_pixels), ("--max-inflight-bytes", args.max_inflight_bytes),
+              ("--work-pixels", args.work_pixels)]
+    for flag, value in limits:
+        if value is not None and not value > 0:  # "not >" also refuses nan
             raise PSPNetError(f"{flag} must be positive, got {value}")
+    for flag, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if value == float("inf"):
+            raise PSPNetError(f"{flag} must be a finite number of seconds, got {value}")
+    if not 0 <= args.max_wait_ms < float("inf"):
+        raise PSPNetError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
+    if not 0 <= args.port <= 65535:
+        raise PSPNetError(f"--port {args.port}: must be between 0 and 65535")
+    check_device(args.device)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     segmenter = Segmenter(**segmenter_kwargs(args))
     app = create_app(segmenter, max_queue=args.max_queue, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,

@@ -7,7 +7,6 @@ A bad image is a failure row in the manifest and the run goes on; the caller rep
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -19,8 +18,19 @@ import numpy as np
 
 from pspnet.errors import PSPNetError
 from pspnet.files import atomic_write
-from pspnet.inference.outputs import (Manifest, Planned, Source, check_out_dir, check_plan, collect_inputs,
-                                      mark_done, merge_manifest, options_fingerprint, plan_outputs)
+from pspnet.inference.outputs import (
+    Manifest,
+    Planned,
+    Source,
+    check_out_dir,
+    check_plan,
+    collect_inputs,
+    mark_done,
+    merge_manifest,
+    options_fingerprint,
+    plan_outputs,
+)
+from pspnet.inference.predict import check_mode
 
 if TYPE_CHECKING:
     from pspnet.inference.remote import Remote, RemoteManifest
@@ -57,7 +67,8 @@ class Summary:
                 f"{self.frames} frame(s) in {self.seconds:.1f} s = {rate:.2f} frames/s")
 
 
-def validate_numbers(scales: Sequence[float], alpha: float, batch_size: int, crop: Sequence[int] | None) -> None:
+def validate_numbers(scales: Sequence[float], alpha: float = 0.5, batch_size: int = 1,
+                     crop: Sequence[int] | None = None) -> None:
     """Option values in range, one message naming the option, the value and what is allowed."""
     bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
     if bad:
@@ -68,27 +79,15 @@ def validate_numbers(scales: Sequence[float], alpha: float, batch_size: int, cro
         raise PSPNetError(f"--batch-size {batch_size}: must be at least 1")
     if crop is not None and any(c < 1 for c in crop):
         raise PSPNetError(f"--crop {' '.join(map(str, crop))}: height and width must be positive")
+    if crop is not None:
+        check_mode("slide", crop)
 
 
 def check_device(device: str) -> None:
     """A device name torch knows and that exists here, else one line saying what is available."""
-    import torch
+    from pspnet.device import resolve_device
 
-    if device == "auto":
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise PSPNetError(f"--device {device}: not a device name (use auto, cpu, cuda or cuda:N)") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PSPNetError(f"--device {device}: no CUDA GPU is available here (use cpu or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise PSPNetError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PSPNetError(f"--device {device}: MPS is not available here (use cpu or auto)")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise PSPNetError(f"--device {device}: unsupported device type (use auto, cpu, cuda or cuda:N)")
+    resolve_device(device)
 
 
 def prepare(items: Sequence[str], out: Path | Remote, outputs: OutputOptions, options: dict,
@@ -100,6 +99,7 @@ def prepare(items: Sequence[str], out: Path | Remote, outputs: OutputOptions, op
     """
     from pspnet.inference.remote import Remote, is_uri, local_path
 
+    check_mode(options.get("mode", "whole"), options.get("crop"))
     items = [i if local_path(i) is None else local_path(i) for i in items]
     if isinstance(out, Remote) or any(is_uri(i) for i in items):
         return _prepare_uris(items, out, outputs, options, overwrite, stdin)
@@ -120,8 +120,14 @@ def prepare(items: Sequence[str], out: Path | Remote, outputs: OutputOptions, op
 def _prepare_uris(items: Sequence[str], out: Path | Remote, outputs: OutputOptions, options: dict,
                   overwrite: bool, stdin: bool) -> tuple[list[Planned], str]:
     """``prepare`` when an input or ``out`` is a URI: the same plan, checked on each side's file system."""
-    from pspnet.inference.remote import (Remote, check_remote_out, check_remote_plan, collect_remote, is_uri,
-                                         mark_done_remote)
+    from pspnet.inference.remote import (
+        Remote,
+        check_remote_out,
+        check_remote_plan,
+        collect_remote,
+        is_uri,
+        mark_done_remote,
+    )
 
     remote = isinstance(out, Remote)
     check_remote_out(out) if remote else check_out_dir(out)
@@ -187,23 +193,17 @@ def write_image_outputs(seg, planned: Planned, image, probs: np.ndarray, alpha: 
 
 
 def _decode(source: Source, stdin_data: bytes | None):
-    from pspnet.data.io import read_image, to_rgb
+    from pspnet.data.io import decode_rgb, read_image
 
     if source.kind != "stdin" and not source.on_disk:
-        from pspnet.data.io import decode_rgb
         from pspnet.inference.remote import read_bytes
 
         return decode_rgb(read_bytes(source.fs, source.path), name=source.key)
     if source.kind != "stdin":
         return read_image(source.path)
-    from PIL import Image, UnidentifiedImageError
-
     if not stdin_data:
         raise PSPNetError("stdin: no image data")
-    try:
-        return to_rgb(Image.open(io.BytesIO(stdin_data)))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-        raise PSPNetError(f"stdin: not a decodable image ({err})") from err
+    return decode_rgb(stdin_data, name="stdin")  # the files' decoder: format allowlist, EXIF, bombs refused
 
 
 def process_batch(seg, batch: Sequence[Planned], manifest: Manifest, alpha: float,

@@ -47,12 +47,20 @@ def sliding_window(model: nn.Module, x: torch.Tensor, num_classes: int, crop: Se
     return out[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
+# Whole-image inference on more pixels than this is refused (activations would need tens of GB), and so is
+# a sliding window larger than it; slide mode holds one window at a time, so its images may be larger.
+MAX_WHOLE_IMAGE_PIXELS = 16_000_000
+
+
 def check_mode(mode: str, crop: Sequence[int] | None) -> None:
-    """The inference mode and its crop, checked once for every entry point (Segmenter, evaluate, predict_probs)."""
+    """The inference mode and its crop, checked once for every entry point (CLI, Segmenter, evaluate, predict_probs)."""
     if mode not in ("whole", "slide"):
         raise PSPNetError(f"mode must be 'whole' or 'slide', got {mode!r}")
     if mode == "slide" and (not crop or any(int(c) < 1 for c in crop)):
-        raise PSPNetError(f"slide mode needs a crop size (--crop H W, positive), e.g. the training crop; got {crop}")
+        raise PSPNetError(f"--mode slide needs --crop H W: it needs a crop size > 0, e.g. the training crop; got {crop}")
+    if crop and int(crop[0]) * int(crop[-1]) > MAX_WHOLE_IMAGE_PIXELS:  # eval's --crop S means S x S
+        raise PSPNetError(f"--crop {' '.join(map(str, crop))}: a window above {MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP "
+                          "would need more memory than whole-image inference is allowed (e.g. --crop 512 512)")
 
 
 @torch.no_grad()

@@ -19,16 +19,13 @@ from pspnet.device import autocast, resolve_device, resolve_precision
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import FastPath, fast_model
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
-from pspnet.inference.predict import check_mode, predict_probs
+from pspnet.inference.predict import MAX_WHOLE_IMAGE_PIXELS, check_mode, predict_probs
 from pspnet.inference.visualize import overlay as draw_overlay
 from pspnet.model.bundled import load
 from pspnet.model.pspnet import PSPNet
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
-# Whole-image inference on more pixels than this is refused (activations would need tens of GB);
-# sliding-window mode has no such limit because it only holds one crop at a time.
-MAX_WHOLE_IMAGE_PIXELS = 16_000_000
 
 
 def to_pil(image: ImageLike) -> Image.Image:
