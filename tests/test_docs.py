@@ -74,7 +74,6 @@ COMMANDS: dict[str, Run | Skip] = {
     "python3 -m venv .venv && . .venv/bin/activate": Skip(
         "makes a virtual environment to install into (tests/test_wheel.py installs the built wheel)"),
     "python -m pytest -m \"not slow\"": Skip("the test suite itself: it would run this test again"),
-    "python -m pytest": Skip("the test suite itself: it would run this test again"),
     # docs/convert.md
     "pspnet convert train_epoch_50.pth --out pspnet_voc": Run(needs=("train_epoch_50.pth",),
                                                               expect=("pspnet_voc/model.safetensors",)),
