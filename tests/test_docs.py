@@ -159,7 +159,7 @@ class Block:
     @property
     def key(self) -> str:
         first = next((ln for ln in self.text.splitlines() if ln.strip()), "")
-        return f"{self.file}: {first.strip()}"
+        return f"{self.file}: {re.sub(r'\s+#\s.*$', '', first).strip()}"
 
 
 def fenced_blocks(path: Path) -> list[Block]:
