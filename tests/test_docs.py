@@ -159,7 +159,7 @@ class Block:
     @property
     def key(self) -> str:
         first = next((ln for ln in self.text.splitlines() if ln.strip()), "")
-        return f"{self.file}: {re.sub(r'\s+#\s.*$', '', first).strip()}"
+        return f"{self.file}: {strip_comment(first)}"
 
 
 def fenced_blocks(path: Path) -> list[Block]:
@@ -174,6 +174,10 @@ def fenced_blocks(path: Path) -> list[Block]:
         elif lang is not None:
             body.append(line)
     return blocks
+
+
+def strip_comment(line: str) -> str:
+    return re.sub(r"(^|\s+)#(\s.*)?$", "", line).strip()
 
 
 def commands_of(block: Block) -> list[str]:
@@ -191,7 +195,7 @@ def commands_of(block: Block) -> list[str]:
         if line.endswith("\\"):
             pending = line[:-1].strip()
             continue
-        line = re.sub(r"(^|\s+)#(\s.*)?$", "", line).strip()
+        line = strip_comment(line)
         if line and any(program_of(part) in PROGRAMS for part in line.split("&&")):
             out.append(" ".join(line.split()))
     return out
