@@ -44,7 +44,10 @@ PROGRAMS = {"pspnet", "python", "python3", "torchrun"}
 REPO_PATHS = ("../shared/", "benchmarks/", "configs/", "src", "tests/")
 TIMEOUT = 900
 
-TRAIN_SMALL = "--iterations 2 --batch-size 2 --crop-size 65 65 --workers 0 --eval-every 2 --no-progress"
+# int8 is run by the deploy block's own `pspnet export --int8`; the bundled model's CamVid check by `pspnet eval`
+BENCH_SMALL = ("--model pspnet_resnet18 --size 97 97 --repeats 1 --warmup 0 --peak-seconds 0.2 --no-int8 --no-val "
+               "--no-train --no-scaling --no-slide --quiet")
+TRAIN_SMALL = "--iterations 2 --batch-size 2 --crop-size 65 65 --workers 0 --set val_split=null --no-progress"
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,9 @@ COMMANDS: dict[str, Run | Skip] = {
     "pspnet predict street.jpg --model camvid --backend onnxruntime": Run(extra="--overwrite"),
     "pspnet benchmark --camvid ../shared/datasets/camvid --cases benchmarks/peers.py --json bench.json "
     "--chart bench.png": Run(
-        extra="--model pspnet_resnet18 --size 97 97 --repeats 1 --warmup 0 --peak-seconds 0.2 --calib-count 2 "
-              "--val-limit 2 --no-train --no-scaling --no-slide --quiet", expect=("bench.json", "bench.png")),
+        extra=BENCH_SMALL, expect=("bench.json", "bench.png")),
     "python benchmarks/bench_inference.py --compile": Run(
-        extra="--out-dir . --model pspnet_resnet18 --size 97 97 --repeats 1 --warmup 0 --peak-seconds 0.2 "
-              "--calib-count 2 --val-limit 2 --no-train --no-scaling --no-slide --quiet",
+        extra="--out-dir . " + BENCH_SMALL,
         expect=("cpu.txt", "cpu.json", "cpu.png")),
     # docs/scale.md
     "pspnet predict drive_logs/ --out labels/ --engine ray --workers 2 --batch-size 4": Run(
@@ -402,6 +403,7 @@ def run_command(command: str, how: Run, ws: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # deploy.md's block: two exports, int8 calibration, two benchmarks
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=lambda b: f"{b.file}:{b.line}")
 def test_documented_commands_run(block: Block, tmp_path: Path):
     commands = commands_of(block)
@@ -416,6 +418,7 @@ def test_documented_commands_run(block: Block, tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("block", PY_BLOCKS, ids=lambda b: f"{b.file}:{b.line}")
 def test_documented_python_runs(block: Block, tmp_path: Path):
     how = PYTHON_BLOCKS.get(block.key, AS_IS)
