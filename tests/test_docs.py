@@ -110,6 +110,12 @@ COMMANDS: dict[str, Run | Skip] = {
     "--batch-size 8": Skip("joins a running Ray cluster"),
     "pspnet predict /mnt/archive/frames --out /mnt/archive/labels --engine ray --address auto --device cuda "
     "--workers 16 --batch-size 16 --precision bf16": Skip("joins a running Ray cluster of GPU machines"),
+    "pspnet predict s3://fleet/drive_logs --out s3://fleet/labels --engine ray --address auto --workers 64": Skip(
+        "a Ray cluster and a real bucket (the S3 path runs against a local S3 API in tests/test_predict_uri.py)"),
+    "pspnet predict 's3://fleet/drive_logs/**/*.png' --out s3://fleet/labels --engine ray": Skip(
+        "a real bucket (the S3 path, globs included, runs against a local S3 API in tests/test_predict_uri.py)"),
+    "pspnet predict gs://archive/cam7/list.txt --out gs://archive/labels-cam7 --engine ray": Skip(
+        "a Google Cloud Storage bucket; no GCS emulator here (the same pyarrow.fs path is tested on S3)"),
     "torchrun --nnodes 4 --nproc-per-node 8 --node-rank $RANK --rdzv-backend c10d --rdzv-endpoint "
     "head-node:29500 -m pspnet train --config configs/cityscapes_pspnet50.yaml --out-dir runs/city": Skip(
         "four machines of 8 processes and Cityscapes (DDP itself: tests/test_ddp.py)"),
