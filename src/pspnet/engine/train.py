@@ -28,6 +28,7 @@ from pspnet.data import build_dataset
 from pspnet.data.transforms import Augment, eval_transforms, train_transforms
 from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
 from pspnet.engine.config import TrainConfig
+from pspnet.engine.curves import plot_history
 from pspnet.engine.evaluate import evaluate
 from pspnet.engine.loggers import RunLogger
 from pspnet.engine.sampling import EpochSampler, SeededSamples, rng_state, seed_everything, set_rng_state
@@ -47,7 +48,7 @@ __all__ = ["TrainConfig", "train", "loss_weights", "poly_lr", "param_groups", "e
 
 # What a run folder holds; --overwrite removes exactly these before starting again.
 RUN_FILES = (LAST, PREVIOUS, "best.pt", "best.safetensors", "best_metrics.json", "last.safetensors", "history.json",
-             "train_config.json")
+             "curves.png", "train_config.json")
 
 
 @dataclass
@@ -168,7 +169,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
                                 **cfg.dataset_options)
     log = RunLogger(out, cfg.tensorboard, cfg.wandb, cfg.to_dict(), enabled=rank == 0)
     run = Run(cfg, out, device, precision, rank, world, own_group, model, net, optimizer, scheduler, scaler,
-              build_criterion(cfg.loss, weight.to(device) if weight is not None else None),
+              build_criterion(cfg.loss, weight.to(device) if weight is not None else None, options=cfg.loss_options),
               model.aux is not None and cfg.aux_weight > 0, sampler, loader, val_set, log, start, best_miou, history,
               rng)
     summary = format_summary(_summary_rows(run, train_set, ckpt_path if ckpt is not None else None),
@@ -225,7 +226,7 @@ def _prepare_run_folder(out: Path, clear: bool) -> None:
 
 def _build_model(cfg: TrainConfig, train_set: Any, resuming: bool) -> PSPNet:
     model_kwargs = {"class_names": train_set.class_names, "palette": train_set.palette,
-                    **cfg.resolved_model_kwargs}
+                    "mask_values": _stored_values(train_set), **cfg.resolved_model_kwargs}
     try:
         model = create_model(cfg.model_name, num_classes=train_set.num_classes,
                              pretrained_backbone=False if resuming else cfg.pretrained_backbone, **model_kwargs)
@@ -237,6 +238,14 @@ def _build_model(cfg: TrainConfig, train_set: Any, resuming: bool) -> PSPNet:
         init = PSPNet.from_pretrained(cfg.init_weights, num_classes=model.num_classes)
         load_init_weights(model, init, cfg.init_weights)
     return model
+
+
+def _stored_values(dataset: Any) -> list[int] | None:
+    """The dataset's stored mask value per class (folder/list/medical data), unless they are the class ids."""
+    values = getattr(dataset, "mask_values", None)
+    if values is None or list(values) == list(range(dataset.num_classes)):
+        return None
+    return [int(v) for v in values]
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], source: Path | None) -> None:
@@ -302,7 +311,8 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
         ("schedule", f"{cfg.iterations} iterations of {cfg.batch_size} x {tuple(cfg.crop_size)} crops "
                      f"({cfg.iterations / run.sampler.iters_per_epoch:.1f} epochs), {cfg.optimizer} lr {cfg.lr:g} "
                      f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"),
-        ("loss", cfg.loss + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
+        ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
+                 + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")),
         ("output", str(run.out)),
     ]
@@ -376,11 +386,12 @@ def _validate(run: Run, done: int, bar: tqdm) -> None:
     """Evaluate on the val split, log it, keep the best weights and warn if the run has collapsed."""
     metrics = evaluate(run.model, run.val_set, run.model.num_classes, device=run.device, precision=run.precision,
                        progress=False, class_names=run.model.class_names)
-    run.history.append({"iteration": done, "val_miou": metrics.miou, "val_macc": metrics.macc,
-                        "val_aacc": metrics.aacc})
-    run.log.scalars({"val/mIoU": metrics.miou, "val/mAcc": metrics.macc}, done)
+    run.history.append({"iteration": done, "val_miou": metrics.miou, "val_mdice": metrics.mdice,
+                        "val_macc": metrics.macc, "val_aacc": metrics.aacc})
+    run.log.scalars({"val/mIoU": metrics.miou, "val/mDice": metrics.mdice, "val/mAcc": metrics.macc}, done)
     run.log.overlays(run.model, run.val_set, run.cfg.tb_images, run.device, run.precision, done)
-    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mAcc {100 * metrics.macc:.2f}")
+    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mDice {100 * metrics.mdice:.2f}  "
+              f"mAcc {100 * metrics.macc:.2f}")
     warning = collapse_warning(metrics.confusion_matrix, run.model.class_names, done)
     if warning:
         run.log.warning("%s", warning)
@@ -410,6 +421,7 @@ def _finish(run: Run) -> dict[str, Any]:
     if run.is_main:
         save_safetensors(run.model, run.out / "last.safetensors")
         atomic_write_text(run.out / "history.json", json.dumps(run.history, indent=1))
+        plot_history(run.history, run.out / "curves.png", title=f"{run.cfg.model_name} on {run.cfg.dataset}")
     run.log.close()
     if run.world > 1:
         dist.barrier()
