@@ -257,3 +257,18 @@ def test_predict_nifti_writes_a_mask_with_the_scans_affine(tmp_path):
     # never over an existing mask without --overwrite
     assert main(["predict", str(scans / "ct.nii.gz"), "--model", str(weights), "--out", str(tmp_path / "out"),
                  "--device", "cpu", "--no-progress"]) == 2
+
+
+def test_max_minutes_shortens_a_run_that_would_overrun(binary_data, tmp_path, caplog):
+    import logging
+
+    out = tmp_path / "boxed"
+    with caplog.at_level(logging.INFO):
+        assert main(["train", "--dataset", "folder", "--data-root", str(binary_data), "--out-dir", str(out),
+                     *TINY_MODEL, "--crop-size", "32", "--batch-size", "2", "--iterations", "500", "--eval-every",
+                     "1000", "--set", "log_every=1", "--precision", "fp32", "--device", "cpu", "--workers", "0",
+                     "--no-progress", "--set", "tensorboard=false", "--set", "max_minutes=0.0001"]) == 0
+    steps = [h["iteration"] for h in json.loads((out / "history.json").read_text()) if "loss" in h]
+    assert steps[-1] < 20 and "iterations instead of 500" in caplog.text
+    last = [h for h in json.loads((out / "history.json").read_text()) if "val_miou" in h]
+    assert last and last[-1]["iteration"] == steps[-1]  # the shortened run still ends with an evaluation

@@ -53,6 +53,9 @@ class TrainConfig:
     batch_size: int = 16
     iterations: int = 30000
     epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
+    # if set, fewer iterations when the measured speed says `iterations` would not end within this many minutes
+    # (setup and evaluations included); the poly schedule is stretched to the new end, so the run still anneals
+    max_minutes: float | None = None
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -118,6 +121,7 @@ RANGES: dict[str, Rule] = {
     "iterations": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "epochs": (_positive, "a number > 0"),
+    "max_minutes": (_positive, "a number of minutes > 0"),
     "lr": (_positive, "a number > 0, e.g. 0.01"),
     "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
