@@ -272,3 +272,16 @@ def test_max_minutes_shortens_a_run_that_would_overrun(binary_data, tmp_path, ca
     assert steps[-1] < 20 and "iterations instead of 500" in caplog.text
     last = [h for h in json.loads((out / "history.json").read_text()) if "val_miou" in h]
     assert last and last[-1]["iteration"] == steps[-1]  # the shortened run still ends with an evaluation
+
+
+def test_onnxruntime_backend_and_predict_fingerprint_take_a_run_folder(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    from pspnet.cli.predict import _model_identity
+    from pspnet.export.onnx import cached_onnx
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_safetensors(tiny_binary_model(), run / "last.safetensors")
+    assert str((run / "last.safetensors").resolve()) in _model_identity(str(run))
+    monkeypatch.setenv("PSPNET_CACHE", str(tmp_path / "cache"))
+    assert cached_onnx(str(run)).name.startswith("last-")

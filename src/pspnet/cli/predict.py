@@ -140,6 +140,10 @@ def _predict_volumes(volumes: list[Path], seg_kwargs: dict, args: argparse.Names
 def _model_identity(model: str) -> str:
     """The model name, or for a file its path, size and mtime: a changed weights file redoes the outputs."""
     path = Path(model)
+    if path.is_dir() and not (path / "model.safetensors").is_file():  # a training run: the weights it serves
+        from pspnet.model.hub import run_weights
+
+        path = run_weights(path)
     if path.is_file():
         st = path.stat()
         return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     config = args.config
     if config is None and args.resume is None and getattr(args, "dataset", None) in SMALL_DATA_DATASETS:
         config = "binary"  # your own data: the small-data recipe, not the CamVid architecture's defaults
-        logger.info("--dataset %s without --config: using the shipped recipe 'binary' (pass --config to choose "
+        logger.debug("--dataset %s without --config: using the shipped recipe 'binary' (pass --config to choose "
                     "another)", args.dataset)
     if config:
         recipe, path = load_recipe(config)
