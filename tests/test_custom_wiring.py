@@ -285,3 +285,16 @@ def test_onnxruntime_backend_and_predict_fingerprint_take_a_run_folder(tmp_path,
     assert str((run / "last.safetensors").resolve()) in _model_identity(str(run))
     monkeypatch.setenv("PSPNET_CACHE", str(tmp_path / "cache"))
     assert cached_onnx(str(run)).name.startswith("last-")
+
+
+def test_predict_dicom_writes_png_slices_in_mask_values(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    if ct is None:
+        pytest.skip("pydicom's bundled CT_small.dcm is missing")
+    weights = tmp_path / "m.safetensors"
+    save_safetensors(tiny_binary_model(), weights)
+    assert main(["predict", ct, "--model", str(weights), "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--no-progress"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "CT_small_0000.png"))
+    assert written.shape == (128, 128) and set(np.unique(written)) <= {0, 255}
