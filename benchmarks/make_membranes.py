@@ -27,8 +27,10 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.clip(np.asarray(img), -1, 1)
 
 
-def make_frame(rng: np.random.Generator, size: int = 512, cell_px: float = 42.0) -> tuple[np.ndarray, np.ndarray]:
-    """One (image, mask) pair, both (size, size) uint8; mask 0 = membrane, 255 = cell."""
+def make_frame(rng: np.random.Generator, size: int = 512, cell_px: float = 42.0, noise: float = 9.0,
+               blur: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """One (image, mask) pair, both (size, size) uint8; mask 0 = membrane, 255 = cell. ``noise`` (grey levels)
+    and ``blur`` (Gaussian radius, px) make it harder."""
     grid = np.arange(-cell_px / 2, size + cell_px, cell_px)
     seeds = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
     seeds = (seeds + rng.uniform(-0.4, 0.4, seeds.shape) * cell_px).astype(np.float32)  # jittered grid: no slivers
@@ -60,12 +62,13 @@ def make_frame(rng: np.random.Generator, size: int = 512, cell_px: float = 42.0)
         blob = (y - oy) ** 2 + (x - ox) ** 2 < r * r
         img = np.where(blob & ~membrane, img - rng.uniform(0.15, 0.3), img)
     img = np.where(membrane, 0.22 + 0.08 * _smooth_noise(rng, size, size // 16), img)
-    img8 = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
-    arr = np.asarray(img8).astype(np.float32) + rng.normal(0, 9, (size, size))
+    img8 = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur))
+    arr = np.asarray(img8).astype(np.float32) + rng.normal(0, noise, (size, size))
     return np.clip(arr, 0, 255).astype(np.uint8), mask
 
 
-def write_dataset(out: str | Path, train: int = 20, val: int = 10, size: int = 512, seed: int = 0) -> Path:
+def write_dataset(out: str | Path, train: int = 20, val: int = 10, size: int = 512, seed: int = 0,
+                  noise: float = 9.0, blur: float = 1.2) -> Path:
     """``out/{train,val}/{images,masks}/frame_NNN.png``; refuses to write over existing files."""
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -73,7 +76,7 @@ def write_dataset(out: str | Path, train: int = 20, val: int = 10, size: int = 5
         for sub in ("images", "masks"):
             (out / split / sub).mkdir(parents=True, exist_ok=True)
         for k in range(count):
-            image, mask = make_frame(rng, size)
+            image, mask = make_frame(rng, size, noise=noise, blur=blur)
             for sub, arr in (("images", image), ("masks", mask)):
                 path = out / split / sub / f"frame_{k:03d}.png"
                 if path.exists():
@@ -89,8 +92,10 @@ def main() -> None:
     p.add_argument("--val", type=int, default=10)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=9.0, help="std of the added Gaussian noise, grey levels")
+    p.add_argument("--blur", type=float, default=1.2, help="Gaussian blur radius in px (larger: fuzzier membranes)")
     a = p.parse_args()
-    write_dataset(a.out, a.train, a.val, a.size, a.seed)
+    write_dataset(a.out, a.train, a.val, a.size, a.seed, a.noise, a.blur)
     masks = [np.asarray(Image.open(m)) for m in sorted((a.out / "train" / "masks").glob("*.png"))]
     share = float(np.mean([(m == 0).mean() for m in masks])) if masks else 0.0
     print(f"wrote {a.train} train + {a.val} val frames of {a.size}x{a.size} to {a.out}; membranes {100 * share:.1f}% "

@@ -12,8 +12,8 @@ from pspnet.errors import PSPNetError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a model on a dataset split (mIoU, per-class IoU, confusion matrix)",
-                       description="Writes metrics.json, per_class_iou.png and confusion_matrix.png to --out and "
-                       "prints the per-class table.")
+                       description="Prints the per-class table (IoU, Dice, precision, recall) and, with --out, writes "
+                       "metrics.json, per_class_iou.png, confusion_matrix.png and for two classes pr_curve.png.")
     add_model(e)
     add_dataset(e)
     e.add_argument("--split", default="val", help="the split to evaluate")
@@ -26,13 +26,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(e)
     add_precision(e)
     add_backend(e)
+    e.add_argument("--threshold", type=float, metavar="P",
+                   help="two-class models: predict --positive where its probability >= P (default: argmax, i.e. "
+                        "0.5); pick P from pr_curve.png")
+    e.add_argument("--positive", type=int, default=1, choices=[0, 1],
+                   help="two-class models: the foreground class of --threshold and the precision-recall curve "
+                        "(default: 1)")
     e.add_argument("--limit", type=int, help="only the first N images (a quick look)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.engine.evaluate import evaluate_model
+    from pspnet.engine.evaluate import evaluate_model, write_report
     from pspnet.inference.batch import check_device, validate_numbers
 
     if args.crop is not None and len(args.crop) not in (1, 2):
@@ -42,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
         raise PSPNetError(f"--limit {args.limit}: must be at least 1")
     check_device(args.device)
     metrics = evaluate_model(model_for_backend(args.model, args.backend), args.dataset, Path(args.data_root), args.split, args.mode, args.crop,
-                             args.scales, args.flip, args.device, args.precision, args.out, args.limit,
-                             not args.no_progress, backend=args.backend, **parse_options(args.data_opt))
+                             args.scales, args.flip, args.device, args.precision, None, args.limit,
+                             not args.no_progress, backend=args.backend, threshold=args.threshold,
+                             positive=args.positive, **parse_options(args.data_opt))
     print(metrics.table())
     if args.out:
-        print(f"wrote {args.out / 'metrics.json'}, per_class_iou.png, confusion_matrix.png")
+        print("wrote " + ", ".join(str(path) for path in write_report(metrics, args.out)))
     return 0

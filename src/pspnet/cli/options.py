@@ -59,7 +59,8 @@ def add_backend(parser: argparse.ArgumentParser) -> None:
 
 def add_model(parser: argparse.ArgumentParser, default: str = "camvid") -> None:
     parser.add_argument("--model", default=default,
-                        help="bundled name (camvid), .safetensors/.pth/.onnx file, model folder or Hub id")
+                        help="bundled name (camvid), .safetensors/.pth/.onnx file, model folder, training run folder "
+                             "(its best.safetensors, else last.safetensors) or Hub id")
 
 
 def add_dataset(parser: argparse.ArgumentParser, required: bool = True) -> None:

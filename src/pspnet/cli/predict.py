@@ -36,6 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="--engine ray: cluster to join (auto, ray://host:10001); default starts Ray on this machine")
     p.add_argument("--workers", type=int, default=1, help="--engine ray: model replicas (each loads the model once)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="two-class models: label --positive where its probability >= P (default: argmax, i.e. "
+                        "0.5); pick P from `pspnet eval --out`'s pr_curve.png")
+    p.add_argument("--positive", type=int, default=1, choices=[0, 1], help="the foreground class of --threshold")
+    p.add_argument("--mask-values", nargs="+", metavar="V",
+                   help="write <stem>.png as a grey mask with value V for class i (e.g. 0 255); default: the "
+                        "model's own (what its training masks used), else the palette label map; 'ids' forces the "
+                        "palette label map")
+    p.add_argument("--window", metavar="C,W|pLO,pHI|minmax",
+                   help="DICOM/NIfTI inputs: intensity window (default: the DICOM's own, else the full range)")
+    p.add_argument("--axis", type=int, default=2, choices=[0, 1, 2],
+                   help="DICOM/NIfTI inputs: slice along this axis")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -54,25 +66,35 @@ def run(args: argparse.Namespace) -> int:
 
     items = [i for i in (args.inputs or [str(SAMPLE_IMAGE)]) if i != "-"]
     stdin = "-" in (args.inputs or [])
+    seg_kwargs = {**segmenter_kwargs(args), **_label_options(args)}
+    from pspnet.inference.volumes import find_volumes
+
+    volumes, items = find_volumes(items)
+    if volumes:
+        if args.engine == "ray":
+            raise PSPNetError("--engine ray reads images and videos; predict DICOM/NIfTI scans with --engine local")
+        _predict_volumes(volumes, seg_kwargs, args)
+        if not items and not stdin:
+            return 0
     outputs = OutputOptions(overlay=not args.no_overlay, probs=args.save_probs, confidence=args.save_confidence,
                             alpha=args.alpha)
     options = {"model": _model_identity(args.model), "device": args.device, "precision": args.precision,
                "backend": args.backend, "mode": args.mode, "crop": args.crop, "scales": args.scales,
-               "flip": args.flip}
+               "flip": args.flip, **{k: v for k, v in _label_options(args).items() if v is not None}}
     plan, fingerprint = prepare(items, args.out, outputs, options, overwrite=args.overwrite, stdin=stdin)
     if args.engine == "ray":
         if stdin:
             raise PSPNetError("--engine ray reads files, not stdin (-); save the image to a file first")
         from pspnet.inference.distributed import run_ray
 
-        summary = run_ray(plan, args.out, fingerprint, seg_kwargs=segmenter_kwargs(args), alpha=args.alpha,
+        summary = run_ray(plan, args.out, fingerprint, seg_kwargs=seg_kwargs, alpha=args.alpha,
                           batch_size=args.batch_size, workers=args.workers, address=args.address,
                           progress=not args.no_progress)
     else:
         from pspnet.inference.segmenter import Segmenter
 
         stdin_data = sys.stdin.buffer.read() if stdin else None
-        seg = Segmenter(**segmenter_kwargs(args))
+        seg = Segmenter(**seg_kwargs)
         todo = sum(not p.skip and p.source.kind != "video" for p in plan)
         bar = tqdm(total=todo, desc="predict", unit="img", disable=args.no_progress or not todo)
         summary = run_local(seg, plan, args.out, fingerprint, args.alpha, args.batch_size, stdin_data,
@@ -90,9 +112,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_options(args: argparse.Namespace) -> dict:
+    """Segmenter keywords of --threshold, --positive and --mask-values ('ids': class ids, the palette PNG)."""
+    values = "ids" if args.mask_values == ["ids"] else args.mask_values
+    if values is not None and values != "ids":
+        try:
+            values = [int(v) for v in values]
+        except ValueError:
+            raise PSPNetError(f"--mask-values {' '.join(values)}: integers, one per class (e.g. 0 255), or "
+                              "'ids'") from None
+    options = {"threshold": args.threshold, "mask_values": values}
+    if args.threshold is not None:
+        options["positive"] = args.positive
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _predict_volumes(volumes: list[Path], seg_kwargs: dict, args: argparse.Namespace) -> None:
+    """Each scan slice by slice; its mask in the scan's geometry (NIfTI) or as PNG slices (DICOM)."""
+    from pspnet.inference.segmenter import Segmenter
+    from pspnet.inference.volumes import predict_volume
+
+    seg = Segmenter(**seg_kwargs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(volumes, desc="scans", unit="scan", disable=args.no_progress):
+        files = predict_volume(seg, path, args.out, args.axis, args.window, args.overwrite)
+        print(f"{path}: wrote {files[0]}" + (f" and {len(files) - 1} more" if len(files) > 1 else ""))
+
+
 def _model_identity(model: str) -> str:
     """The model name, or for a file its path, size and mtime: a changed weights file redoes the outputs."""
     path = Path(model)
+    if path.is_dir() and not (path / "model.safetensors").is_file():  # a training run: the weights it serves
+        from pspnet.model.hub import run_weights
+
+        path = run_weights(path)
     if path.is_file():
         st = path.stat()
         return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"

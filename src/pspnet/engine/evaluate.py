@@ -19,18 +19,8 @@ from pspnet.device import autocast
 from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve
 from pspnet.errors import PSPNetError
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
-from pspnet.inference.predict import check_mode, predict_probs
+from pspnet.inference.predict import check_mode, predict_probs, threshold_prediction  # noqa: F401 (engine's API too)
 from pspnet.model.bundled import load
-
-
-def threshold_prediction(probs: torch.Tensor, threshold: float, positive: int = 1) -> torch.Tensor:
-    """Two-class labels from probabilities (N, 2, H, W): ``positive`` where its probability >= ``threshold``."""
-    if probs.shape[1] != 2:
-        raise PSPNetError(f"a foreground threshold needs a two-class model, this one has {probs.shape[1]} classes")
-    if not 0.0 <= threshold <= 1.0:
-        raise PSPNetError(f"threshold must be a probability in [0, 1], got {threshold}")
-    fg = probs[:, positive] >= threshold
-    return torch.where(fg, positive, 1 - positive)
 
 
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "whole",

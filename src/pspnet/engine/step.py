@@ -6,11 +6,11 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pspnet.errors import PSPNetError
 from pspnet.device import autocast
+from pspnet.engine.losses import build_loss
+from pspnet.errors import PSPNetError
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -23,11 +23,14 @@ def forward_with_aux(net: nn.Module, images: torch.Tensor, has_aux: bool) -> tup
     return net(images), None
 
 
-def build_criterion(name: str, weight: torch.Tensor | None, ignore_index: int = 255) -> Criterion:
-    """The loss named by the config's ``loss`` key (cross-entropy; others from ``pspnet.engine.losses``)."""
-    if name == "cross_entropy":
-        return lambda logits, target: F.cross_entropy(logits.float(), target, weight, ignore_index=ignore_index)
-    raise PSPNetError(f"loss: {name!r} is not allowed; expected cross_entropy")
+def build_criterion(name: str, weight: torch.Tensor | None, ignore_index: int = 255,
+                    options: dict[str, Any] | None = None) -> Criterion:
+    """The loss named by the config's ``loss`` key with its ``loss_options`` (``pspnet.engine.losses``),
+    applied alike to the main and the aux head."""
+    loss = build_loss(name, weight, ignore_index=ignore_index, **(options or {}))
+    if weight is not None:
+        loss.to(weight.device)
+    return loss
 
 
 def poly_lr(iteration: int, total: int, power: float = 0.9, warmup: int = 0) -> float:

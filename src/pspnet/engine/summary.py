@@ -84,5 +84,6 @@ def collapse_warning(confusion: Sequence[Sequence[int]], class_names: Sequence[s
     return (f"iteration {iteration}: the model predicts '{class_names[top]}' for {100 * predicted[top]:.1f}% of val "
             f"pixels (its true share is {100 * truth_share:.1f}%): training has collapsed to one class. Likely fixes: "
             "class weights (--set class_weights=sqrt_median_frequency), a lower --lr or --warmup-iters, an ImageNet "
-            "backbone (--backbone-weights FILE or the default model), a Dice or focal loss (--set loss=...), or "
-            "the skip decoder (--set model_kwargs='{decoder_channels: 128}')")
+            "backbone (--backbone-weights FILE or the default model), a Dice loss for thin or rare classes (--loss ce_dice), "
+            "or the stride-4 skip decoder (--set model_kwargs='{decoder_channels: 128}'); small custom data: "
+            "--config binary")

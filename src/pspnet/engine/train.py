@@ -28,6 +28,7 @@ from pspnet.data import build_dataset
 from pspnet.data.transforms import Augment, eval_transforms, train_transforms
 from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
 from pspnet.engine.config import TrainConfig
+from pspnet.engine.curves import plot_history
 from pspnet.engine.evaluate import evaluate
 from pspnet.engine.loggers import RunLogger
 from pspnet.engine.sampling import EpochSampler, SeededSamples, rng_state, seed_everything, set_rng_state
@@ -47,7 +48,7 @@ __all__ = ["TrainConfig", "train", "loss_weights", "poly_lr", "param_groups", "e
 
 # What a run folder holds; --overwrite removes exactly these before starting again.
 RUN_FILES = (LAST, PREVIOUS, "best.pt", "best.safetensors", "best_metrics.json", "last.safetensors", "history.json",
-             "train_config.json")
+             "curves.png", "train_config.json")
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Run:
     best_miou: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_rng: dict[str, Any] | None = None
+    started: float = field(default_factory=time.perf_counter)  # for max_minutes: setup counts too
+    eval_seconds: float = 0.0  # the last evaluation's duration: reserved at the end of a time-boxed run
 
     @property
     def is_main(self) -> bool:
@@ -100,6 +103,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None, progress: b
 
 
 def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) -> Run:
+    started = time.perf_counter()
     rank, local_rank, world = _distributed()
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
@@ -141,8 +145,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
 
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.head_lr_mult, cfg.lr), cfg.lr, cfg.momentum,
                                 cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: poly_lr(it, cfg.iterations, cfg.power, cfg.warmup_iters))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start, best_miou, history, rng = 0, -1.0, [], None
     if ckpt is not None:
@@ -168,9 +171,9 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
                                 **cfg.dataset_options)
     log = RunLogger(out, cfg.tensorboard, cfg.wandb, cfg.to_dict(), enabled=rank == 0)
     run = Run(cfg, out, device, precision, rank, world, own_group, model, net, optimizer, scheduler, scaler,
-              build_criterion(cfg.loss, weight.to(device) if weight is not None else None),
+              build_criterion(cfg.loss, weight.to(device) if weight is not None else None, options=cfg.loss_options),
               model.aux is not None and cfg.aux_weight > 0, sampler, loader, val_set, log, start, best_miou, history,
-              rng)
+              rng, started)
     summary = format_summary(_summary_rows(run, train_set, ckpt_path if ckpt is not None else None),
                              train_set.class_names, counts[0] / max(counts[0].sum(), 1), weight, counts[2],
                              len(train_set))
@@ -179,6 +182,24 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     if rank == 0:
         atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
     return run
+
+
+def _schedule(cfg: TrainConfig) -> Any:
+    """The learning-rate multiplier of each iteration for ``cfg``'s length."""
+    return lambda it: poly_lr(it, cfg.iterations, cfg.power, cfg.warmup_iters)
+
+
+def _fit_time_budget(run: Run, done: int, per_iter: float) -> None:
+    """Shorten a run whose measured pace would overrun ``max_minutes``; the poly schedule ends at the new end."""
+    cfg = run.cfg
+    left = cfg.max_minutes * 60 - (time.perf_counter() - run.started) - run.eval_seconds - 5
+    fits = done + max(0, int(left / per_iter))
+    if fits >= cfg.iterations:
+        return
+    run.cfg = dataclasses.replace(cfg, iterations=max(done + 1, fits))
+    run.scheduler.lr_lambdas = [_schedule(run.cfg)] * len(run.optimizer.param_groups)
+    run.log.info("max_minutes %g: %.2f s per iteration here, so %d iterations instead of %d", cfg.max_minutes,
+                 per_iter, run.cfg.iterations, cfg.iterations)
 
 
 def _checkpoint_to_resume(out: Path, resume: str | Path | bool | None
@@ -225,7 +246,7 @@ def _prepare_run_folder(out: Path, clear: bool) -> None:
 
 def _build_model(cfg: TrainConfig, train_set: Any, resuming: bool) -> PSPNet:
     model_kwargs = {"class_names": train_set.class_names, "palette": train_set.palette,
-                    **cfg.resolved_model_kwargs}
+                    "mask_values": _stored_values(train_set), **cfg.resolved_model_kwargs}
     try:
         model = create_model(cfg.model_name, num_classes=train_set.num_classes,
                              pretrained_backbone=False if resuming else cfg.pretrained_backbone, **model_kwargs)
@@ -237,6 +258,14 @@ def _build_model(cfg: TrainConfig, train_set: Any, resuming: bool) -> PSPNet:
         init = PSPNet.from_pretrained(cfg.init_weights, num_classes=model.num_classes)
         load_init_weights(model, init, cfg.init_weights)
     return model
+
+
+def _stored_values(dataset: Any) -> list[int] | None:
+    """The dataset's stored mask value per class (folder/list/medical data), unless they are the class ids."""
+    values = getattr(dataset, "mask_values", None)
+    if values is None or list(values) == list(range(dataset.num_classes)):
+        return None
+    return [int(v) for v in values]
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], source: Path | None) -> None:
@@ -302,7 +331,8 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
         ("schedule", f"{cfg.iterations} iterations of {cfg.batch_size} x {tuple(cfg.crop_size)} crops "
                      f"({cfg.iterations / run.sampler.iters_per_epoch:.1f} epochs), {cfg.optimizer} lr {cfg.lr:g} "
                      f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"),
-        ("loss", cfg.loss + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
+        ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
+                 + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")),
         ("output", str(run.out)),
     ]
@@ -320,9 +350,11 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
     if run.resumed_rng is not None:
         set_rng_state(run.resumed_rng)
     t_last = time.perf_counter()
+    paced: tuple[int, float] | None = None  # (iteration, time) where pace measuring starts, past the loader start
     end = cfg.iterations if stop_after is None else min(cfg.iterations, run.start + stop_after)
     try:
-        for it in range(run.start, end):
+        it = run.start
+        while it < end:
             images, masks = _next_batch(batches)
             images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
             if cfg.channels_last:
@@ -334,7 +366,16 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
                                              precision=run.precision)
             except FloatingPointError as err:
                 raise _diverged(run, err.args[0], it + 1) from None
-            done = it + 1
+            done = it = it + 1
+            if cfg.max_minutes and run.world == 1:  # one process: ranks must agree on the length
+                if paced is None and done - run.start >= 2:
+                    paced = (done, time.perf_counter())
+                elif paced is not None and (done - paced[0]) % 5 == 0:
+                    _fit_time_budget(run, done, (time.perf_counter() - paced[1]) / (done - paced[0]))
+                    if run.cfg is not cfg:
+                        cfg = run.cfg
+                        end = cfg.iterations if stop_after is None else min(cfg.iterations, end)
+                        bar.total = cfg.iterations
             if not run.is_main:
                 continue
             lr = run.optimizer.param_groups[0]["lr"]
@@ -374,13 +415,16 @@ def _diverged(run: Run, value: float, iteration: int) -> PSPNetError:
 
 def _validate(run: Run, done: int, bar: tqdm) -> None:
     """Evaluate on the val split, log it, keep the best weights and warn if the run has collapsed."""
+    t0 = time.perf_counter()
     metrics = evaluate(run.model, run.val_set, run.model.num_classes, device=run.device, precision=run.precision,
                        progress=False, class_names=run.model.class_names)
-    run.history.append({"iteration": done, "val_miou": metrics.miou, "val_macc": metrics.macc,
-                        "val_aacc": metrics.aacc})
-    run.log.scalars({"val/mIoU": metrics.miou, "val/mAcc": metrics.macc}, done)
+    run.eval_seconds = time.perf_counter() - t0
+    run.history.append({"iteration": done, "val_miou": metrics.miou, "val_mdice": metrics.mdice,
+                        "val_macc": metrics.macc, "val_aacc": metrics.aacc})
+    run.log.scalars({"val/mIoU": metrics.miou, "val/mDice": metrics.mdice, "val/mAcc": metrics.macc}, done)
     run.log.overlays(run.model, run.val_set, run.cfg.tb_images, run.device, run.precision, done)
-    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mAcc {100 * metrics.macc:.2f}")
+    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mDice {100 * metrics.mdice:.2f}  "
+              f"mAcc {100 * metrics.macc:.2f}")
     warning = collapse_warning(metrics.confusion_matrix, run.model.class_names, done)
     if warning:
         run.log.warning("%s", warning)
@@ -410,6 +454,7 @@ def _finish(run: Run) -> dict[str, Any]:
     if run.is_main:
         save_safetensors(run.model, run.out / "last.safetensors")
         atomic_write_text(run.out / "history.json", json.dumps(run.history, indent=1))
+        plot_history(run.history, run.out / "curves.png", title=f"{run.cfg.model_name} on {run.cfg.dataset}")
     run.log.close()
     if run.world > 1:
         dist.barrier()

@@ -30,6 +30,7 @@ from pspnet.export.pooling import make_pooling_exportable
 from pspnet.inference.fold import fold_batchnorm
 from pspnet.inference.ort import CONFIG_KEY, OrtModel
 from pspnet.model.bundled import BUNDLED, WEIGHTS_DIR, load
+from pspnet.model.hub import run_weights
 from pspnet.model.serialization import WEIGHTS_NAME
 
 DEFAULT_OPSET = 17
@@ -164,7 +165,7 @@ def cached_onnx(model: str | Path) -> Path:
     name = str(model)
     source = WEIGHTS_DIR / BUNDLED[name] if name in BUNDLED else Path(name)
     if source.is_dir():
-        source = source / WEIGHTS_NAME
+        source = source / WEIGHTS_NAME if (source / WEIGHTS_NAME).is_file() else run_weights(source)
     if not source.is_file():
         raise PSPNetError(f"{name}: the onnxruntime backend takes an .onnx file, a bundled model name, a weights file "
                           "or a model folder")

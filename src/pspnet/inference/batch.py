@@ -176,12 +176,15 @@ def class_shares(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, fl
 def write_image_outputs(seg, planned: Planned, image, probs: np.ndarray, alpha: float,
                         write: Callable[[Path, Callable[[BinaryIO], object]], None] = atomic_write) -> dict[str, float]:
     """Every planned file of one image, each written atomically by ``write``; returns the class shares."""
-    from pspnet.inference.visualize import confidence_png, label_png
+    from pspnet.inference.visualize import confidence_png, label_png, mask_png
 
-    labels = probs.argmax(0).astype(np.uint8 if seg.num_classes <= 256 else np.int32)
+    labels = seg.labels(probs)
     for kind, dst in planned.outputs.items():
         if kind == "label":
-            write(dst, lambda f: label_png(labels, seg.palette).save(f, format="PNG"))
+            if seg.mask_values is not None:  # the user's own values (e.g. 0/255), as a grey PNG
+                write(dst, lambda f: mask_png(labels, seg.mask_values).save(f, format="PNG"))
+            else:
+                write(dst, lambda f: label_png(labels, seg.palette).save(f, format="PNG"))
         elif kind == "overlay":
             write(dst, lambda f: seg.overlay(image, labels, alpha=alpha).save(f, format="PNG"))
         elif kind == "probs":

@@ -82,3 +82,13 @@ def predict_probs(model: nn.Module, x: torch.Tensor, num_classes: int, mode: str
             probs = F.interpolate(probs, (h, w), mode="bilinear", align_corners=align_corners)
         total = probs if total is None else total.add_(probs)
     return total / (len(scales) * (2 if flip else 1))
+
+
+def threshold_prediction(probs: torch.Tensor, threshold: float, positive: int = 1) -> torch.Tensor:
+    """Two-class labels from probabilities (N, 2, H, W): ``positive`` where its probability >= ``threshold``."""
+    if probs.shape[1] != 2:
+        raise PSPNetError(f"a foreground threshold needs a two-class model, this one has {probs.shape[1]} classes")
+    if not 0.0 <= threshold <= 1.0:
+        raise PSPNetError(f"threshold must be a probability in [0, 1], got {threshold}")
+    fg = probs[:, positive] >= threshold
+    return torch.where(fg, positive, 1 - positive)

@@ -19,7 +19,7 @@ from pspnet.device import autocast, resolve_device, resolve_precision
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import FastPath, fast_model
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
-from pspnet.inference.predict import MAX_WHOLE_IMAGE_PIXELS, check_mode, predict_probs
+from pspnet.inference.predict import MAX_WHOLE_IMAGE_PIXELS, check_mode, predict_probs, threshold_prediction
 from pspnet.inference.visualize import overlay as draw_overlay
 from pspnet.model.bundled import load
 from pspnet.model.pspnet import PSPNet
@@ -67,7 +67,11 @@ class Segmenter:
 
     def __init__(self, model: str | Path | PSPNet = "camvid", device: str = "auto", precision: str = "auto",
                  mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
-                 flip: bool = False, backend: str = "torch", batch_size: int = 4):
+                 flip: bool = False, backend: str = "torch", batch_size: int = 4, threshold: float | None = None,
+                 positive: int = 1, mask_values: Sequence[int] | str | None = None):
+        """``threshold``: two-class models label ``positive`` where its probability >= threshold (else argmax).
+        ``mask_values``: the stored value of each class for written masks (default: the model config's, e.g.
+        [0, 255] for a model trained on 0/255 masks; None there, or ``"ids"``, means class ids)."""
         check_mode(mode, crop)  # before loading a model
         if uses_onnxruntime(model, backend):
             self.model: Any = OrtModel(model, device=device)
@@ -93,6 +97,16 @@ class Segmenter:
         self.align_corners = cfg.get("align_corners", True)
         self.mode, self.crop, self.scales, self.flip = mode, crop, tuple(scales), flip
         self.batch_size = batch_size
+        if threshold is not None:
+            threshold_prediction(torch.zeros(1, self.num_classes, 1, 1), threshold, positive)  # checks, one message
+        if positive not in (0, 1):
+            raise PSPNetError(f"positive must be class 0 or 1, got {positive}")
+        self.threshold, self.positive = threshold, positive
+        values = cfg.get("mask_values") if mask_values is None else None if mask_values == "ids" else mask_values
+        if values is not None and len(values) != self.num_classes:
+            raise PSPNetError(f"mask values {list(values)}: one per class needed, the model has {self.num_classes} "
+                              f"classes ({', '.join(self.class_names)})")
+        self.mask_values: list[int] | None = [int(v) for v in values] if values is not None else None
 
     def check_size(self, image: Image.Image) -> None:
         """Refuse whole-image inference that would need more memory than the limit (only the size is read)."""
@@ -123,10 +137,16 @@ class Segmenter:
                     out[i] = pi
         return out  # type: ignore[return-value]
 
+    def labels(self, probs: np.ndarray) -> np.ndarray:
+        """(H, W) class ids (uint8 when classes fit) from (C, H, W) probabilities: argmax, or the threshold."""
+        dtype = np.uint8 if self.num_classes <= 256 else np.int32
+        if self.threshold is None:
+            return probs.argmax(0).astype(dtype)
+        return threshold_prediction(torch.from_numpy(probs[None]), self.threshold, self.positive)[0].numpy().astype(dtype)
+
     def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """(H, W) class maps (uint8 when classes fit) for a list of images."""
-        dtype = np.uint8 if self.num_classes <= 256 else np.int32
-        return [p.argmax(0).astype(dtype) for p in self.probs_batch(images)]
+        return [self.labels(p) for p in self.probs_batch(images)]
 
     def __call__(self, image: ImageLike) -> np.ndarray:
         return self.predict_batch([image])[0]

@@ -7,6 +7,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pspnet.errors import PSPNetError
+
 
 def palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
@@ -20,6 +22,34 @@ def label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Ima
     return img
 
 
+def mask_png(labels: np.ndarray, mask_values: Sequence[int]) -> Image.Image:
+    """Class ids written as the stored value of each class (``mask_values[i]`` for class i), 8-bit grey, or
+    16-bit for values above 255: masks in the user's own terms, e.g. 0/255 for a binary model."""
+    table = np.asarray(mask_values, dtype=np.int64)
+    if labels.size and int(labels.max()) >= len(table):
+        raise PSPNetError(f"class ids up to {int(labels.max())} but only {len(table)} mask values {table.tolist()}")
+    if table.min(initial=0) < 0 or table.max(initial=0) > 65535:
+        raise PSPNetError(f"mask values {table.tolist()}: each must be in [0, 65535] to be written as a PNG")
+    data = table[labels]
+    return Image.fromarray(data.astype(np.uint8)) if table.max(initial=0) < 256 else Image.fromarray(
+        data.astype(np.uint16))
+
+
+# Stand-ins for palette colours too dark to see over an image (the VOC palette's black class 0).
+VISIBLE = [(0, 255, 255), (255, 220, 0), (255, 0, 255), (0, 255, 0), (255, 128, 0), (0, 128, 255)]
+
+
+def visible_palette(palette: Sequence[Sequence[int]]) -> list[list[int]]:
+    """``palette`` with every near-black colour replaced by a bright one it does not use yet, so every class,
+    class 0 included, shows in an overlay (the label PNG keeps the model's own palette)."""
+    out = [list(map(int, c)) for c in palette]
+    spare = [list(c) for c in VISIBLE if list(c) not in out]
+    for i, c in enumerate(out):
+        if sum(c) < 90 and spare:
+            out[i] = spare.pop(0)
+    return out
+
+
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     pal = palette_array(palette)
     return pal[np.clip(labels, 0, len(pal) - 1)]
@@ -28,6 +58,7 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray
 def overlay(image: Image.Image, labels: np.ndarray, palette: Sequence[Sequence[int]],
             class_names: Sequence[str] | None = None, alpha: float = 0.5, legend: bool = True) -> Image.Image:
     """Blend class colours over the image; with ``legend`` add a panel of the classes present and their share."""
+    palette = visible_palette(palette)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     blended = (1 - alpha) * rgb + alpha * colorize(labels, palette).astype(np.float32)
     out = Image.fromarray(blended.round().astype(np.uint8))

@@ -17,6 +17,19 @@ from pspnet.errors import PSPNetError
 from pspnet.model.serialization import WEIGHTS_NAME, load_safetensors, load_weights_file, save_safetensors
 
 
+# what a training run folder (`pspnet train --out-dir RUN`) holds, best first
+RUN_WEIGHTS = ("best.safetensors", "last.safetensors")
+
+
+def run_weights(folder: Path) -> Path:
+    """The weights of a model folder that is a training run: its best.safetensors, else last.safetensors."""
+    for name in RUN_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    raise PSPNetError(f"{folder}: directory has no {WEIGHTS_NAME} (a saved model) and no {' or '.join(RUN_WEIGHTS)} "
+                      "(a training run; a run writes best.safetensors at its first evaluation)")
+
+
 class PSPNetHubMixin(PyTorchModelHubMixin):
     """The Hub and file persistence of ``PSPNet`` (``self.config`` holds every constructor argument)."""
 
@@ -74,10 +87,10 @@ class PSPNetHubMixin(PyTorchModelHubMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "PSPNetHubMixin":  # type: ignore[override]
         """Load from a directory, a .safetensors file, a checkpoint (.pth: ours, semseg or mmseg) or a Hub id."""
         path = Path(pretrained_model_name_or_path)
+        if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
+            path = run_weights(path)
         if path.is_file():
             return load_weights_file(path, cls, **kwargs)
-        if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
-            raise PSPNetError(f"{path}: directory has no {WEIGHTS_NAME}")
         if not path.exists() and (str(pretrained_model_name_or_path).count("/") != 1 or path.suffix):
             raise PSPNetError(f"{path}: no such file, directory or Hub id (Hub ids look like 'org/name')")
         try:

@@ -127,12 +127,15 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
         palette: Sequence[Sequence[int]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        mask_values: Sequence[int] | None = None,
     ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        if mask_values is not None and len(mask_values) != num_classes:
+            raise ValueError(f"{len(mask_values)} mask values for {num_classes} classes")
         backbone = backbone or f"resnet{layers}"
         self.config: dict[str, Any] = {
             "num_classes": num_classes, "backbone": backbone, "output_stride": output_stride,
@@ -143,6 +146,8 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
             "class_names": list(class_names) if class_names else default_class_names(num_classes),
             "palette": [list(c) for c in palette] if palette else default_palette(num_classes),
             "mean": list(mean), "std": list(std),
+            # the stored mask value of each class (e.g. [0, 255]), so outputs go back in the user's values
+            "mask_values": [int(v) for v in mask_values] if mask_values is not None else None,
         }
         resnet_depth = {f"resnet{d}": d for d in DEPTHS}.get(backbone)
         if resnet_depth is not None:
