@@ -67,6 +67,8 @@ class Skip:
 
 
 AS_IS = Run()
+MEDICAL = ("CT/MR scans with masks (the medical dataset, predict on .nii/.dcm and the NIfTI writer run on volumes "
+           "built in tmp in tests/test_medical.py and tests/test_custom_wiring.py)")
 
 # documented command (continuation lines joined, comment dropped) -> how it runs here
 COMMANDS: dict[str, Run | Skip] = {
@@ -84,6 +86,27 @@ COMMANDS: dict[str, Run | Skip] = {
                                                                  expect=("pspnet_cityscapes/model.safetensors",)),
     "pspnet predict street.jpg --model pspnet_cityscapes": Run(expect=("predictions/street.png",)),
     "pspnet predict street.jpg --model org/pspnet-cityscapes": Skip("downloads from the Hugging Face Hub"),
+    # docs/custom-data.md
+    "python benchmarks/make_membranes.py em --train 20 --val 10": Run(
+        replace=(("--train 20 --val 10", "--train 2 --val 2 --size 96"),)),
+    "pspnet check-data --dataset folder --data-root em": AS_IS,  # the same block made em/
+    "pspnet train --dataset folder --data-root em --out-dir runs/em": Run(
+        needs=("em",), extra="--iterations 2 --eval-every 2 --crop-size 65 65 --batch-size 2 --workers 0 --no-progress",
+        expect=("runs/em/best.safetensors",)),
+    "pspnet eval --model runs/em --dataset folder --data-root em --out runs/em/eval": Run(
+        needs=("em", "runs/em"), extra="--no-progress", expect=("runs/em/eval/metrics.json",)),
+    "pspnet eval --model runs/em --dataset folder --data-root em --threshold 0.6 --positive 0": Run(
+        needs=("em", "runs/em"), extra="--no-progress"),
+    "pspnet predict --model runs/em em/val/images --out predictions": Run(
+        needs=("em", "runs/em"), extra="--no-progress", expect=("predictions/frame_000.png",)),
+    "pspnet predict --model runs/em em/val/images --out predictions_t --threshold 0.6 --positive 0": Run(
+        needs=("em", "runs/em"), extra="--no-progress", expect=("predictions_t/frame_000.png",)),
+    "pspnet check-data --dataset medical --data-root DIR --data-opt window=40,400": Skip(MEDICAL),
+    "pspnet train --dataset medical --data-root DIR --data-opt window=40,400 --data-opt axis=2 --out-dir runs/ct": Skip(
+        MEDICAL),
+    "pspnet eval --model runs/ct --dataset medical --data-root DIR --data-opt window=40,400 --out runs/ct/eval": Skip(
+        MEDICAL),
+    "pspnet predict --model runs/ct new_scans/ --window 40,400 --axis 2 --out masks": Skip(MEDICAL),
     # docs/deploy.md
     "pspnet export --model camvid --out camvid.onnx": Run(expect=("camvid.onnx",)),
     "pspnet export --model camvid --out camvid.onnx --int8 --calib ../shared/datasets/camvid/train "
@@ -153,6 +176,8 @@ PYTHON_BLOCKS: dict[str, Run | Skip] = {
     "docs/convert.md: import pspnet": Run(needs=("iter_40000.pth",), expect=("pspnet_cityscapes/model.safetensors",)),
     'docs/convert.md: model.push_to_hub("org/pspnet-cityscapes")': Skip("uploads to the Hugging Face Hub"),
     "docs/serve.md: import pspnet": Run(server=True),
+    "docs/custom-data.md: from pspnet.data import build_dataset": Run(needs=("em", "runs/em")),
+    "docs/custom-data.md: import pspnet": Skip(MEDICAL),
 }
 
 
@@ -293,6 +318,21 @@ def make_cityscapes(ws: Path) -> None:
         Image.fromarray(rng.choice(np.array([7, 8, 11, 26], np.uint8), (97, 129))).save(lbl)
 
 
+def make_membranes(ws: Path) -> None:
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "make_membranes.py"), "em", "--train", "2", "--val", "2",
+                    "--size", "96"], cwd=ws, env=child_env(ws), check=True, timeout=TIMEOUT)
+
+
+def make_binary_run(ws: Path) -> None:
+    """runs/em as a finished run leaves it: a two-class model whose masks store 0 and 255."""
+    script = ("import pspnet\nfrom pspnet.model.serialization import save_safetensors\n"
+              "m = pspnet.create_model('pspnet_tf_efficientnet_lite0', num_classes=2, output_stride=16, "
+              "decoder_channels=128, pretrained_backbone=False, class_names=['membrane', 'cell'], mask_values=[0, 255])\n"
+              "save_safetensors(m, 'runs/em/best.safetensors')")
+    (ws / "runs/em").mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", script], cwd=ws, env=child_env(ws), check=True, timeout=TIMEOUT)
+
+
 def make_run_weights(ws: Path) -> None:
     script = ("import pspnet\nm = pspnet.create_model('pspnet_resnet18', num_classes=19, output_stride=32)\n"
               "from pspnet.model.serialization import save_safetensors\nsave_safetensors(m, 'runs/x/best.safetensors')")
@@ -309,6 +349,8 @@ MAKERS = {
     "iter_40000.pth": lambda ws: make_checkpoint(ws, "mmseg"),
     "DATA/cityscapes": make_cityscapes,
     "runs/x/best.safetensors": make_run_weights,
+    "em": make_membranes,
+    "runs/em": make_binary_run,
 }
 
 
