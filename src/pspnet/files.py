@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from pspnet.errors import PSPNetError
 
@@ -53,6 +53,17 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """A matplotlib figure as a PNG written atomically, then closed (figures hold memory until closed)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
 
 
 def _umask() -> int:

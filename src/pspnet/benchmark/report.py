@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pspnet.benchmark.run import MIN_AGREEMENT
-from pspnet.files import atomic_write_text
+from pspnet.files import atomic_write_text, save_figure
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -110,11 +110,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         axes[2].set_xlabel(f"batch ({s['by_batch'][0]['size'][0]}x{s['by_batch'][0]['size'][1]})")
         axes[2].set_ylabel("images/s")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:

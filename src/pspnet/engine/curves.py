@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from pspnet.files import save_figure
+
 
 def plot_history(history: Sequence[dict], path: str | Path, title: str = "Training",
                  stage_starts: Sequence[int] = ()) -> Path:
@@ -56,11 +58,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
     ax.legend(lines, labels, loc="center right")
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_pr_curve(curve: dict, path: str | Path, class_name: str = "foreground",
@@ -97,8 +95,4 @@ def plot_pr_curve(curve: dict, path: str | Path, class_name: str = "foreground",
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title(f"Precision-recall over the threshold on p({class_name})")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pspnet.device import autocast
 from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve
 from pspnet.errors import PSPNetError
+from pspnet.files import save_figure
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import check_mode, predict_probs, threshold_prediction  # noqa: F401 (engine's API too)
 from pspnet.model.bundled import load
@@ -137,8 +138,7 @@ def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
     ax.legend(loc="upper center", ncol=len(series) + 2, fontsize=7, frameon=False)
     ax.set_title("Per-class IoU, Dice, precision and recall" if len(series) > 1 else "Per-class IoU")
     fig.tight_layout()
-    fig.savefig(out / "per_class_iou.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "per_class_iou.png")
 
     cm = np.asarray(metrics.confusion_matrix, dtype=np.float64)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -158,8 +158,7 @@ def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
     ax.set_title("Confusion matrix (rows normalised)")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "confusion_matrix.png")
     files = [out / "metrics.json", out / "per_class_iou.png", out / "confusion_matrix.png"]
     if metrics.pr_curve is not None:
         files.append(plot_pr_curve(metrics.pr_curve, out / "pr_curve.png", names[metrics.pr_curve["positive"]],
