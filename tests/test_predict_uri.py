@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def test_s3_to_s3_equals_local_predict_and_resumes(s3, frames, reference, tmp_pa
     assert "done 0, skipped 4" in capsys.readouterr().out
     # a changed frame is redone, the others skipped
     first = sorted(frames.rglob("*.png"))[0]
+    time.sleep(1.1)  # S3's LastModified has 1 s resolution: a re-upload in the same second looks unchanged
     s3.put_object(Bucket="bucket", Key=f"in/{first.relative_to(frames).as_posix()}", Body=first.read_bytes())
     assert main(["predict", "s3://bucket/in", "--out", "s3://bucket/out", *COMMON]) == 0
     assert "done 1, skipped 3" in capsys.readouterr().out
