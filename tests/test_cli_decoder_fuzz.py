@@ -20,6 +20,7 @@ from PIL import Image
 from pspnet import create_model
 from pspnet.cli import main
 from pspnet.model.serialization import save_safetensors
+from mutation import mutate  # noqa: E402 (tests/mutation.py)
 
 FOLDER_MUTANTS = 40  # per format, all in one folder with two good images
 SINGLE_MUTANTS = 12  # per format, each its own run, from a file and from stdin
@@ -44,22 +45,6 @@ def seeds() -> dict[str, bytes]:
         img.save(buf, "PNG" if fmt == "png" else "JPEG", **kw)
         out[fmt] = buf.getvalue()
     return out
-
-
-def mutate(data: bytes, rng: random.Random) -> bytes:
-    """One to four byte flips, insertions, deletions or a truncation."""
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op, pos = rng.randrange(4), rng.randrange(len(buf))
-        if op == 0:
-            buf[pos] = rng.randrange(256)
-        elif op == 1:
-            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 2:
-            del buf[pos:pos + rng.randint(1, 8)]
-        else:
-            del buf[max(pos, 1):]
-    return bytes(buf) or b"\0"
 
 
 def mutants(n: int, seed: int) -> list[tuple[str, bytes]]:

@@ -21,6 +21,7 @@ from pspnet.errors import PSPNetError
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from mutation import mutate  # noqa: E402 (tests/mutation.py)
 
 MUTATIONS = 200  # per seed file; see test_mutation_fuzz_of_valid_files
 
@@ -137,24 +138,6 @@ def seed_files() -> dict[str, bytes]:
     return {"png": encode(img, "PNG"), "jpeg": encode(img, "JPEG", quality=90, exif=exif),
             "webp": encode(img, "WEBP"), "tiff": encode(img, "TIFF"), "gif": encode(img, "GIF"),
             "bmp": encode(img, "BMP")}
-
-
-def mutate(data: bytes, rng: random.Random) -> bytes:
-    """One to four byte flips, insertions, deletions or a truncation."""
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        op, pos = rng.randrange(4), rng.randrange(len(buf))
-        if op == 0:
-            buf[pos] = rng.randrange(256)
-        elif op == 1:
-            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif op == 2:
-            del buf[pos:pos + rng.randint(1, 8)]
-        else:
-            del buf[max(pos, 1):]
-        if not buf:
-            buf = bytearray(b"\0")
-    return bytes(buf)
 
 
 def mutants(n: int = MUTATIONS) -> list[tuple[str, bytes]]:

@@ -39,14 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pspnet.engine.evaluate import evaluate_model, write_report
-    from pspnet.inference.batch import check_device, validate_numbers
+    from pspnet.device import resolve_device
+    from pspnet.inference.batch import validate_numbers
 
     if args.crop is not None and len(args.crop) not in (1, 2):
         raise PSPNetError(f"--crop takes H [W], got {args.crop}")
     validate_numbers(args.scales, crop=args.crop)
     if args.limit is not None and args.limit < 1:
         raise PSPNetError(f"--limit {args.limit}: must be at least 1")
-    check_device(args.device)
+    resolve_device(args.device)  # a bad --device is one line, before any model loads
     metrics = evaluate_model(model_for_backend(args.model, args.backend), args.dataset, Path(args.data_root), args.split, args.mode, args.crop,
                              args.scales, args.flip, args.device, args.precision, None, args.limit,
                              not args.no_progress, backend=args.backend, threshold=args.threshold,

@@ -53,12 +53,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pspnet.inference.batch import (OutputOptions, check_device, merge_manifests, prepare, run_local,
+    from pspnet.device import resolve_device
+    from pspnet.inference.batch import (OutputOptions, merge_manifests, prepare, run_local,
                                         validate_numbers)
     from pspnet.inference.remote import destination
 
     validate_numbers(args.scales, args.alpha, args.batch_size, args.crop)
-    check_device(args.device)
+    resolve_device(args.device)  # a bad --device is one line, before any model loads
     args.out = destination(args.out)
     if args.workers < 1:
         raise PSPNetError(f"--workers {args.workers}: must be at least 1")

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401 - checked here so the error names the extra
     except ImportError as err:
         raise PSPNetError("pspnet serve needs the 'serve' extra: pip install 'pspnet[serve]'") from err
-    from pspnet.inference.batch import check_device, validate_numbers
+    from pspnet.device import resolve_device
+    from pspnet.inference.batch import validate_numbers
     from pspnet.inference.predict import check_mode
     from pspnet.inference.segmenter import Segmenter
     from pspnet.serve.app import create_app
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise PSPNetError(f"--max-wait-ms must be a finite number >= 0, got {args.max_wait_ms}")
     if not 0 <= args.port <= 65535:
         raise PSPNetError(f"--port {args.port}: must be between 0 and 65535")
-    check_device(args.device)
+    resolve_device(args.device)  # a bad --device is one line, before any model loads
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     segmenter = Segmenter(**segmenter_kwargs(args))
     app = create_app(segmenter, max_queue=args.max_queue, max_batch=args.batch_size, max_wait_ms=args.max_wait_ms,

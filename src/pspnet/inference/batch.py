@@ -83,13 +83,6 @@ def validate_numbers(scales: Sequence[float], alpha: float = 0.5, batch_size: in
         check_mode("slide", crop)
 
 
-def check_device(device: str) -> None:
-    """A device name torch knows and that exists here, else one line saying what is available."""
-    from pspnet.device import resolve_device
-
-    resolve_device(device)
-
-
 def prepare(items: Sequence[str], out: Path | Remote, outputs: OutputOptions, options: dict,
             overwrite: bool = False, stdin: bool = False) -> tuple[list[Planned], str]:
     """Inputs -> checked output plan and the options fingerprint; earlier finished inputs get ``skip``.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pspnet.device import rss_bytes
 
@@ -73,54 +73,45 @@ class ServerMetrics:
 
     def render(self, batcher: "MicroBatcher | None" = None, pixels: "Budget | None" = None,
                bodies: "Budget | None" = None) -> str:
-        lines = [
-            "# HELP pspnet_http_requests_total HTTP requests by route, method and status code.",
-            "# TYPE pspnet_http_requests_total counter",
-        ]
-        for (route, method, status), n in sorted(self.requests.items()):
-            lines.append(f'pspnet_http_requests_total{{route="{route}",method="{method}",status="{status}"}} {n}')
+        lines = _metric("pspnet_http_requests_total", "counter", "HTTP requests by route, method and status code.",
+                        [f'{{route="{r}",method="{m}",status="{s}"}} {n}'
+                         for (r, m, s), n in sorted(self.requests.items())])
         lines += ["# HELP pspnet_http_request_duration_seconds Time from request start to response end.",
                   "# TYPE pspnet_http_request_duration_seconds histogram"]
         for route, hist in sorted(self.latency.items()):
             lines += hist.lines("pspnet_http_request_duration_seconds", f'route="{route}"')
-        lines += ["# HELP pspnet_http_requests_in_flight Requests being handled now.",
-                  "# TYPE pspnet_http_requests_in_flight gauge", f"pspnet_http_requests_in_flight {self.in_flight}"]
+        lines += _metric("pspnet_http_requests_in_flight", "gauge", "Requests being handled now.", self.in_flight)
         if batcher is not None:
             lines += [
-                "# HELP pspnet_queue_depth Images waiting for the model.", "# TYPE pspnet_queue_depth gauge",
-                f"pspnet_queue_depth {batcher.depth}",
-                "# HELP pspnet_queue_capacity Bound of the queue; beyond it requests get 503.",
-                "# TYPE pspnet_queue_capacity gauge", f"pspnet_queue_capacity {batcher.max_queue}",
-                "# HELP pspnet_batches_total Forward passes run by the micro-batcher.",
-                "# TYPE pspnet_batches_total counter", f"pspnet_batches_total {batcher.batches}",
-                "# HELP pspnet_batched_images_total Images segmented by the micro-batcher.",
-                "# TYPE pspnet_batched_images_total counter", f"pspnet_batched_images_total {batcher.items}",
-                "# HELP pspnet_batch_size_total Batches by number of images in them.",
-                "# TYPE pspnet_batch_size_total counter",
-                *(f'pspnet_batch_size_total{{size="{k}"}} {v}' for k, v in sorted(batcher.batch_sizes.items())),
-                "# HELP pspnet_inference_seconds_total Time the model thread spent on batches.",
-                "# TYPE pspnet_inference_seconds_total counter", f"pspnet_inference_seconds_total {batcher.run_seconds:.6f}",
-                "# HELP pspnet_queue_wait_seconds_total Time images waited in the queue, summed.",
-                "# TYPE pspnet_queue_wait_seconds_total counter", f"pspnet_queue_wait_seconds_total {batcher.wait_seconds:.6f}",
-                "# HELP pspnet_cancelled_total Queued images dropped because their client disconnected.",
-                "# TYPE pspnet_cancelled_total counter", f"pspnet_cancelled_total {batcher.cancelled}",
+                *_metric("pspnet_queue_depth", "gauge", "Images waiting for the model.", batcher.depth),
+                *_metric("pspnet_queue_capacity", "gauge", "Bound of the queue; beyond it requests get 503.",
+                         batcher.max_queue),
+                *_metric("pspnet_batches_total", "counter", "Forward passes run by the micro-batcher.",
+                         batcher.batches),
+                *_metric("pspnet_batched_images_total", "counter", "Images segmented by the micro-batcher.",
+                         batcher.items),
+                *_metric("pspnet_batch_size_total", "counter", "Batches by number of images in them.",
+                         [f'{{size="{k}"}} {v}' for k, v in sorted(batcher.batch_sizes.items())]),
+                *_metric("pspnet_inference_seconds_total", "counter", "Time the model thread spent on batches.",
+                         f"{batcher.run_seconds:.6f}"),
+                *_metric("pspnet_queue_wait_seconds_total", "counter", "Time images waited in the queue, summed.",
+                         f"{batcher.wait_seconds:.6f}"),
+                *_metric("pspnet_cancelled_total", "counter",
+                         "Queued images dropped because their client disconnected.", batcher.cancelled),
             ]
-        if pixels is not None:
-            lines += [
-                "# HELP pspnet_pixels_in_flight Pixels of the images admitted and not yet answered.",
-                "# TYPE pspnet_pixels_in_flight gauge", f"pspnet_pixels_in_flight {pixels.used}",
-                "# HELP pspnet_pixels_budget Bound of pspnet_pixels_in_flight; beyond it requests get 503.",
-                "# TYPE pspnet_pixels_budget gauge", f"pspnet_pixels_budget {pixels.capacity}",
-            ]
-        if bodies is not None:
-            lines += [
-                "# HELP pspnet_body_bytes_in_flight Request body bytes admitted and not yet released.",
-                "# TYPE pspnet_body_bytes_in_flight gauge", f"pspnet_body_bytes_in_flight {bodies.used}",
-                "# HELP pspnet_body_bytes_budget Bound of pspnet_body_bytes_in_flight; beyond it requests get 503.",
-                "# TYPE pspnet_body_bytes_budget gauge", f"pspnet_body_bytes_budget {bodies.capacity}",
-            ]
-        lines += ["# HELP process_resident_memory_bytes Resident memory size in bytes.",
-                  "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}",
-                  "# HELP process_start_time_seconds Start time of the process since the epoch.",
-                  "# TYPE process_start_time_seconds gauge", f"process_start_time_seconds {self.started:.3f}"]
+        for budget, name, what in ((pixels, "pspnet_pixels", "Pixels of the images admitted and not yet answered."),
+                                   (bodies, "pspnet_body_bytes", "Request body bytes admitted and not yet released.")):
+            if budget is not None:
+                lines += _metric(f"{name}_in_flight", "gauge", what, budget.used)
+                lines += _metric(f"{name}_budget", "gauge",
+                                 f"Bound of {name}_in_flight; beyond it requests get 503.", budget.capacity)
+        lines += _metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss_bytes())
+        lines += _metric("process_start_time_seconds", "gauge", "Start time of the process since the epoch.",
+                         f"{self.started:.3f}")
         return "\n".join(lines) + "\n"
+
+
+def _metric(name: str, kind: str, help_text: str, samples: Any) -> list[str]:
+    """One metric in the text format: HELP, TYPE, then a sample line per value (a list holds '{labels} value')."""
+    values = samples if isinstance(samples, list) else [f" {samples}"]
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *(f"{name}{v}" for v in values)]
