@@ -7,7 +7,7 @@
 2. The release run (configs/camvid_release.yaml) repeats that schedule on train+val (468 frames) with nothing
    held out; its last weights are released, no checkpoint is picked by a held-out score.
 
-``--train`` runs both trainings first (``pspnet train --resume``: an interrupted run carries on). The script
+``--train`` runs both trainings first (``pspnet train --resume auto``: an interrupted run carries on). The script
 then measures latency on this machine and writes src/pspnet/weights/camvid.safetensors (without the
 training-only aux head), src/pspnet/weights/camvid.md and the pictures under docs/camvid/.
 """
@@ -68,9 +68,9 @@ def forward_ms(model: torch.nn.Module, precision: str) -> tuple[float, float]:
 
 
 def train_run(config: Path, run_dir: Path, data_root: str) -> None:
-    """``pspnet train --config ... --resume``: starts fresh, or carries on from run_dir/last.pt."""
+    """``pspnet train --config ... --resume auto``: starts fresh, or carries on from run_dir/last.pt."""
     command = [sys.executable, "-m", "pspnet", "train", "--config", str(config), "--out-dir", str(run_dir),
-               "--data-root", data_root, "--resume"]
+               "--data-root", data_root, "--resume", "auto"]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
