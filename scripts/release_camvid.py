@@ -221,7 +221,7 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
   class weights {cfg.get('class_weights')}.
 - Augmentation: random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, crops
   {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}.
-- Compute: about {train_seconds / 3600:.1f} hours for both runs on 2 CPU cores (shared with other work).
+- Compute: {train_seconds / 3600:.1f} hours of training summed over both runs (wall time is less when they run side by side), 2 CPU cores.
 - Reproduce: `python scripts/release_camvid.py --train {args.xseq_run} {args.release_run}`.
 
 ## Limitations

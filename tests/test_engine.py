@@ -101,7 +101,8 @@ def test_training_follows_the_schedule_and_logs(straight):
     assert any("val_miou" in r for r in result["history"])
     for name in ("last.pt", "best.pt", "last.safetensors", "best.safetensors", "history.json", "train_config.json"):
         assert (out / name).is_file(), name
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                           reason="TensorBoard is not installed").EventAccumulator
 
     events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0}).Reload()
     assert {"train/loss", "train/lr", "val/mIoU"} <= set(events.Tags()["scalars"])
