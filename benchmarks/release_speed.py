@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pspnet.benchmark.measure import timed
 from pspnet.device import cpu_flags
 from pspnet.inference.segmenter import Segmenter
 from pspnet.model.bundled import SAMPLE_IMAGE
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
 
     frame = np.array(Image.open(SAMPLE_IMAGE).convert("RGB"))  # writable: torch.from_numpy warns otherwise
     models: dict[str, Callable[[np.ndarray], object]] = {
@@ -60,14 +61,15 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(args.rounds + 3):
         for name, call in models.items():
-            start = time.perf_counter()
-            call(frame)
+            ms = 1000 * timed(lambda: call(frame), cpu)
             if i >= 3:
-                times[name].append(1000 * (time.perf_counter() - start))
+                times[name].append(ms)
 
-    flags = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
-    print(f"{args.threads} threads; CPU flags: {' '.join(flags) or 'none of avx2/avx512/amx'}; "
-          f"Segmenter precision: {models['bundled (this checkout)'].precision}; frame {frame.shape[0]}x{frame.shape[1]}")
+    wanted = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}
+    flags = " ".join(sorted(cpu_flags() & wanted)) or "none of avx2/avx512/amx"
+    precision = models["bundled (this checkout)"].precision
+    print(f"{args.threads} threads; CPU flags: {flags}; Segmenter precision: {precision}; "
+          f"frame {frame.shape[0]}x{frame.shape[1]}")
     base = statistics.median(times["bundled (this checkout)"])
     for name, ms in times.items():
         med = statistics.median(ms)
