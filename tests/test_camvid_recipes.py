@@ -44,3 +44,19 @@ def test_recipes_on_the_real_data(camvid_root):
     assert {s: len(i) for s, i in group_by_sequence(held).items()} == {"0006R0": 101}
     _, release, _ = recipe("camvid_release")
     assert len(build_dataset(release.dataset, camvid_root, release.train_split)) == 468
+
+
+def test_release_script_starts_a_fresh_run_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
+    """scripts/release_camvid.py --train must pass ``--resume auto``: a bare ``--resume`` refuses a fresh folder."""
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("release_camvid", CONFIGS.parent / "scripts" / "release_camvid.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, check: calls.append(command))
+    script.train_run(CONFIGS / "camvid_release.yaml", tmp_path / "fresh", "DATA")
+    (command,) = calls
+    assert command[command.index("--resume") + 1] == "auto"
+    assert command[command.index("--out-dir") + 1] == str(tmp_path / "fresh")
