@@ -35,6 +35,8 @@ OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--head-lr-mult", "head_lr_mult", float, "learning-rate multiplier of the new heads"),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--class-weights", "class_weights", str, "median_frequency or sqrt_median_frequency (lifts rare classes)"),
+    ("--rare-class-sampling", "rare_class_sampling", float,
+     "draw frames holding rare classes more often, at this temperature (e.g. 0.01; lower: rarer classes first)"),
     ("--loss", "loss", str, "cross_entropy for balanced scenes (the paper's); ce_dice (CE + soft Dice) or dice when "
                             "the class that matters is thin or small (membranes, vessels, lesions); focal when a "
                             "few hard pixels decide; options via --set loss_options='{gamma: 2}'"),

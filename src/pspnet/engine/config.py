@@ -41,6 +41,9 @@ class TrainConfig:
     pretrained_backbone: bool | str = True  # True: the backbone's own ImageNet weights; a path: a weights file
     init_weights: str | None = None  # start from these weights (e.g. an earlier run's best.safetensors)
     class_weights: str | list[float] | None = None  # "median_frequency", "sqrt_median_frequency" or one per class
+    # draw frames holding rare classes more often: the temperature of rare class sampling (DAFormer uses 0.01);
+    # None draws every frame once per epoch
+    rare_class_sampling: float | None = None
     loss: str = "cross_entropy"  # one of LOSSES (pspnet.engine.losses: when to use which)
     loss_options: dict[str, Any] = field(default_factory=dict)  # the loss's own options: gamma, smooth, dice_weight
     out_dir: str = "runs/train"
@@ -128,6 +131,7 @@ RANGES: dict[str, Rule] = {
     "power": (lambda v: v >= 0, "a number >= 0"),
     "warmup_iters": (lambda v: v >= 0, "an integer >= 0"),
     "head_lr_mult": (_positive, "a number > 0"),
+    "rare_class_sampling": (lambda v: v is None or (math.isfinite(v) and v > 0), "null or a temperature > 0"),
     "aux_weight": (lambda v: v >= 0, "a number >= 0"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),

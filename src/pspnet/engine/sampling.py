@@ -18,11 +18,19 @@ from pspnet.errors import PSPNetError
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index) pairs: a seeded permutation per epoch, split across ranks, resumable."""
+    """Yields (epoch, index) pairs: a seeded permutation per epoch, split across ranks, resumable.
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_iteration: int = 0, rank: int = 0, world: int = 1):
+    With ``frame_weights`` each epoch is instead ``size`` seeded draws with replacement, frame i drawn with
+    probability proportional to ``frame_weights[i]`` (see ``rare_class_frame_weights``).
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_iteration: int = 0, rank: int = 0, world: int = 1,
+                 frame_weights: np.ndarray | None = None):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.rank, self.world = start_iteration, rank, world
+        self.frame_weights = None if frame_weights is None else torch.as_tensor(frame_weights, dtype=torch.float64)
+        if self.frame_weights is not None and (len(self.frame_weights) != size or not self.frame_weights.sum() > 0):
+            raise PSPNetError(f"frame weights: need {size} weights >= 0 with a positive sum")
         self.iters_per_epoch = size // (batch_size * world)
         if self.iters_per_epoch == 0:
             raise PSPNetError(f"dataset has {size} samples, fewer than one batch of {batch_size} x {world} ranks; "
@@ -31,7 +39,11 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = divmod(self.start, self.iters_per_epoch)
         while True:
-            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            if self.frame_weights is None:
+                perm = torch.randperm(self.size, generator=generator).tolist()
+            else:
+                perm = torch.multinomial(self.frame_weights, self.size, replacement=True, generator=generator).tolist()
             mine = perm[self.rank::self.world][: self.iters_per_epoch * self.batch_size]
             for i in mine[skip * self.batch_size:]:
                 yield epoch, i
@@ -39,6 +51,27 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:  # endless; DataLoader never needs the length of an iterable-like sampler here
         return 2**62
+
+
+def rare_class_frame_weights(frame_pixels: np.ndarray, temperature: float) -> np.ndarray:
+    """Per-frame sampling weights that show rare classes more often (rare class sampling, after DAFormer).
+
+    ``frame_pixels[i, c]`` is class c's labelled pixels in frame i. A class is drawn with probability
+    softmax((1 - f_c) / temperature) (f_c: its share of all labelled pixels), then a frame in proportion to
+    how many of that class's pixels it holds, so a frame with a large fence is a likelier fence example than
+    one with a corner of it (in street scenes nearly every frame holds a few pole or sign pixels). Small
+    temperatures favour the rarest classes; large ones tend to the uniform mix of classes.
+    """
+    if not temperature > 0:
+        raise PSPNetError(f"rare_class_sampling: the temperature must be > 0, got {temperature}")
+    totals = frame_pixels.sum(axis=0).astype(np.float64)
+    seen = totals > 0
+    if not seen.any():
+        raise PSPNetError("rare_class_sampling: the training masks hold no labelled pixels")
+    logits = (1.0 - totals[seen] / totals.sum()) / temperature
+    class_p = np.exp(logits - logits.max())
+    class_p /= class_p.sum()
+    return (frame_pixels[:, seen] / totals[seen]) @ class_p
 
 
 class SeededSamples(Dataset):

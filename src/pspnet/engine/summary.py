@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -12,20 +12,26 @@ from pspnet.errors import PSPNetError
 SHARE_SAMPLE = 500  # masks read for the class pixel shares when no class weights need them all
 
 
+def frame_pixels(dataset: Any, indices: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled pixels per class in each of the frames ``indices`` (frames x classes), and each mask's size."""
+    n = dataset.num_classes
+    rows, sizes = [], []
+    for i in indices:
+        mask = dataset.load_mask(int(i))
+        rows.append(np.bincount(mask[mask != 255].ravel(), minlength=n)[:n])
+        sizes.append(mask.size)
+    return np.array(rows, dtype=np.int64).reshape(-1, n), np.array(sizes, dtype=np.int64)
+
+
 def pixel_counts(dataset: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per class: labelled pixels, pixels of the images the class appears in, and how many masks were read.
 
     ``limit`` reads that many masks spread evenly over the dataset instead of all of them.
     """
-    n, size = dataset.num_classes, len(dataset)
+    size = len(dataset)
     indices = range(size) if limit is None or size <= limit else np.linspace(0, size - 1, limit).round().astype(int)
-    pixels, image_pixels = np.zeros(n), np.zeros(n)
-    for i in indices:
-        mask = dataset.load_mask(int(i))
-        counts = np.bincount(mask[mask != 255].ravel(), minlength=n)[:n]
-        pixels += counts
-        image_pixels += (counts > 0) * mask.size
-    return pixels, image_pixels, len(indices)
+    counts, sizes = frame_pixels(dataset, indices)
+    return counts.sum(axis=0).astype(float), ((counts > 0) * sizes[:, None]).sum(axis=0).astype(float), len(counts)
 
 
 def loss_weights(spec: str | list[float] | None, dataset: Any,

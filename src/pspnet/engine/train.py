@@ -31,10 +31,12 @@ from pspnet.engine.config import TrainConfig
 from pspnet.engine.curves import plot_history
 from pspnet.engine.evaluate import evaluate
 from pspnet.engine.loggers import RunLogger
-from pspnet.engine.sampling import EpochSampler, SeededSamples, rng_state, seed_everything, set_rng_state
+from pspnet.engine.sampling import (EpochSampler, SeededSamples, rare_class_frame_weights, rng_state, seed_everything,
+                                   set_rng_state)
 from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
                                 train_step)
-from pspnet.engine.summary import SHARE_SAMPLE, collapse_warning, format_summary, loss_weights, pixel_counts
+from pspnet.engine.summary import (SHARE_SAMPLE, collapse_warning, format_summary, frame_pixels, loss_weights,
+                                  pixel_counts)
 from pspnet.errors import PSPNetError
 from pspnet.files import atomic_write_text
 from pspnet.model import create_model
@@ -161,7 +163,11 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
             net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world)
+    frame_weights = None
+    if cfg.rare_class_sampling is not None:
+        frame_weights = rare_class_frame_weights(frame_pixels(train_set, range(len(train_set)))[0],
+                                                 cfg.rare_class_sampling)
+    sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world, frame_weights)
     loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=cfg.workers > 0)
@@ -330,7 +336,9 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
         ("dataset", f"{cfg.dataset} at {cfg.data_root}: train {len(train_set)}{val}"),
         ("schedule", f"{cfg.iterations} iterations of {cfg.batch_size} x {tuple(cfg.crop_size)} crops "
                      f"({cfg.iterations / run.sampler.iters_per_epoch:.1f} epochs), {cfg.optimizer} lr {cfg.lr:g} "
-                     f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"),
+                     f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"
+                     + (f", rare class sampling at temperature {cfg.rare_class_sampling:g}"
+                        if cfg.rare_class_sampling is not None else "")),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")),
