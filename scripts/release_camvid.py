@@ -2,6 +2,12 @@
 
     python scripts/release_camvid.py --train runs/camvid_lite0_xseq runs/camvid_release
 
+or, for a further stage on earlier weights (a pair of recipes that differ only in what is held out and where
+they start):
+
+    python scripts/release_camvid.py --train runs/camvid_xseq_finetune runs/camvid_release_finetune \
+        --xseq-config configs/camvid_xseq_finetune.yaml --release-config configs/camvid_release_finetune.yaml
+
 1. The cross-sequence run (configs/camvid_lite0_xseq.yaml) trains with whole drives held out; its weights at
    the end of the schedule are evaluated per sequence on the held-out drives: the honest number.
 2. The release run (configs/camvid_release.yaml) repeats that schedule on train+val (468 frames) with nothing
@@ -9,7 +15,7 @@
 
 ``--train`` runs both trainings first (``pspnet train --resume auto``: an interrupted run carries on). The script
 then measures latency on this machine and writes src/pspnet/weights/camvid.safetensors (without the
-training-only aux head), src/pspnet/weights/camvid.md and the pictures under docs/camvid/.
+training-only aux head), src/pspnet/weights/camvid.md and the pictures under --docs-dir.
 """
 
 from __future__ import annotations
@@ -43,9 +49,26 @@ from pspnet.model.serialization import save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "pspnet" / "weights"
-DOCS = ROOT / "docs" / "camvid"
+DOCS = ROOT / "docs" / "camvid_release"
 SAMPLE = ROOT / "src" / "pspnet" / "samples" / "camvid_0016E5_08059.jpg"
 CONFIGS = {"xseq": ROOT / "configs" / "camvid_lite0_xseq.yaml", "release": ROOT / "configs" / "camvid_release.yaml"}
+
+
+# what an init_weights file of the release run holds, when it is the bundled model's earlier fit
+EARLIER_FITS = {
+    "src/pspnet/weights/camvid.safetensors": "the weights bundled until this release",
+    "runs/camvid_lite0_decoder/best.safetensors": "the result of the three-stage recipe, bundled until this release",
+}
+THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
+                "configs/camvid_lite0.yaml, camvid_lite0_stage2.yaml, camvid_lite0_decoder.yaml")
+
+
+def start_of(cfg: dict) -> str:
+    """Where a run's weights started: earlier weights (a fine-tuning stage) or the ImageNet backbone."""
+    init = cfg.get("init_weights")
+    if not init:
+        return "ImageNet backbone"
+    return f"from `{init}`" + (f" ({EARLIER_FITS[init]}; {THREE_STAGES})" if init in EARLIER_FITS else "")
 
 
 def latency_ms(call: Callable[[], object], runs: int = 20) -> tuple[float, float]:
@@ -100,6 +123,8 @@ def main() -> None:
     parser.add_argument("xseq_run", type=Path, help="run folder of configs/camvid_lite0_xseq.yaml")
     parser.add_argument("release_run", type=Path, help="run folder of configs/camvid_release.yaml")
     parser.add_argument("--train", action="store_true", help="run (or resume) both trainings first")
+    parser.add_argument("--xseq-config", type=Path, default=CONFIGS["xseq"], help="the cross-sequence run's recipe")
+    parser.add_argument("--release-config", type=Path, default=CONFIGS["release"], help="the release run's recipe")
     parser.add_argument("--data-root", default="../shared/datasets/camvid")
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where camvid.safetensors/.md go")
     parser.add_argument("--docs-dir", type=Path, default=DOCS, help="where the pictures and summary.json go")
@@ -107,12 +132,13 @@ def main() -> None:
     weights_dir, docs = args.weights_dir, args.docs_dir
 
     if args.train:
-        train_run(CONFIGS["xseq"], args.xseq_run, args.data_root)
-        train_run(CONFIGS["release"], args.release_run, args.data_root)
+        train_run(args.xseq_config, args.xseq_run, args.data_root)
+        train_run(args.release_config, args.release_run, args.data_root)
     xseq_ckpt = load_checkpoint(args.xseq_run / "last.pt")
     release_ckpt = load_checkpoint(args.release_run / "last.pt")
     xseq_cfg, cfg = xseq_ckpt["train_config"], release_ckpt["train_config"]
-    for key in ("model", "model_kwargs", "iterations", "batch_size", "lr", "scale", "crop_size", "augment"):
+    for key in ("model", "model_kwargs", "iterations", "batch_size", "lr", "scale", "crop_size", "augment",
+                "rare_class_sampling"):
         if xseq_cfg.get(key) != cfg.get(key):
             print(f"warning: the release run's {key} ({cfg.get(key)!r}) differs from the cross-sequence run's "
                   f"({xseq_cfg.get(key)!r}): its held-out number does not describe the released model", file=sys.stderr)
@@ -124,6 +150,11 @@ def main() -> None:
     xseq_model = PSPNet.from_pretrained(args.xseq_run / "last.safetensors", aux=False).eval()
     held_out = per_sequence(xseq_model, xseq_cfg, args.data_root, "holdout")
     print("cross-sequence (held-out drives):\n" + held_out.table())
+    before = None  # a further stage: the held-out score of the weights it started from, for the stage's effect
+    if xseq_cfg.get("init_weights"):
+        before = per_sequence(PSPNet.from_pretrained(xseq_cfg["init_weights"], aux=False).eval(), xseq_cfg,
+                              args.data_root, "holdout")
+        print("before the stage:\n" + before.table())
     # 2. the released model; val and train are its own training frames, reported as such
     model = PSPNet.from_pretrained(args.release_run / "last.safetensors", aux=False).eval()
     seen = {split: per_sequence(model, {"dataset": cfg["dataset"]}, args.data_root, split) for split in ("val", "train")}
@@ -172,6 +203,16 @@ def main() -> None:
     xseq_trained = build_dataset(xseq_cfg["dataset"], args.data_root, xseq_cfg["train_split"],
                                  **(xseq_cfg.get("dataset_options") or {}))
     weak = ", ".join(f"{n} {100 * i:.1f}%" for n, i in zip(names, held_out.overall.iou) if i is not None and i < 0.4)
+    xseq_recipe, release_recipe = (os.path.relpath(c.absolute(), ROOT) for c in (args.xseq_config, args.release_config))
+    recipe_args = "".join(f" --{k}-config {r}" for k, r in (("xseq", xseq_recipe), ("release", release_recipe))
+                          if (ROOT / r).resolve() != CONFIGS[k].resolve())
+    pictures, root_link = (os.path.relpath(p.absolute(), weights_dir.absolute()) for p in (docs, ROOT))
+    starts = ""
+    if before is not None:
+        starts = (f"Both runs are a further stage on earlier weights: the cross-sequence run {start_of(xseq_cfg)} "
+                  f"(which never saw {held}), the release run {start_of(cfg)}. The held-out number measures that "
+                  f"stage added to a model that never saw the drive, which scored {100 * before.overall.miou:.2f}% "
+                  "on it before the stage.")
     card = f"""# Model card: `camvid` (bundled)
 
 PSPNet with an ImageNet-pretrained EfficientNet-Lite0 backbone, output stride {os_}{", and a skip decoder at 1/4" if dec else ""}, trained on CamVid
@@ -185,12 +226,14 @@ that street. The schedule and options were therefore chosen on a **cross-sequenc
 sees drive(s) {held} ({len(xseq_trained)} training frames), scored on all frames of the held-out drive(s).
 The released weights come from a second run of exactly that schedule on all {sum(frames.values())} labelled frames
 (train + val: {trained}), taken at its last iteration: no checkpoint was chosen by any held-out score.
+{starts}
 
 ## Results (360x480, single scale, void ignored)
 
 Cross-sequence (the run with {held} held out, at the end of its schedule; the release run repeats that schedule
 with the held-out drive added): **mIoU {100 * held_out.overall.miou:.2f}%** on {sum(held_out.frames.values())} frames never trained on.
-The released model on its own training frames (val is trained on now; these numbers are not a test):
+The CamVid test drives (Seq05VD, and the 0001TP frames not in train) are not in the project; they are scored
+outside it. The released model on its own training frames (val is trained on now; these numbers are not a test):
 val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.miou:.2f}%.
 
 {head}
@@ -198,9 +241,9 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 {sequence_rows(seen['val'], "val (trained on)")}
 {sequence_rows(seen['train'], "train (trained on)")}
 
-![per-class IoU, held-out drives](../../../docs/camvid/per_class_iou.png)
-![confusion matrix, held-out drives](../../../docs/camvid/confusion_matrix.png)
-![training curve of the cross-sequence run](../../../docs/camvid/training_curve.png)
+![per-class IoU, held-out drives]({pictures}/per_class_iou.png)
+![confusion matrix, held-out drives]({pictures}/confusion_matrix.png)
+![training curve of the cross-sequence run]({pictures}/training_curve.png)
 
 ## Model
 
@@ -215,14 +258,14 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 
 ## Training recipe
 
-- [configs/camvid_lite0_xseq.yaml](../../../configs/camvid_lite0_xseq.yaml), then [configs/camvid_release.yaml](../../../configs/camvid_release.yaml):
-  ImageNet backbone, SGD momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, lr {cfg['lr']} poly {cfg['power']},
+- [{xseq_recipe}]({root_link}/{xseq_recipe}), then [{release_recipe}]({root_link}/{release_recipe}):
+  {start_of(cfg)}, SGD momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, lr {cfg['lr']} poly {cfg['power']},
   heads x{cfg['head_lr_mult']}, batch {cfg['batch_size']}, {cfg['iterations']} iterations,
   class weights {cfg.get('class_weights')}.
 - Augmentation: random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, crops
   {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}.
 - Compute: {train_seconds / 3600:.1f} hours of training summed over both runs (wall time is less when they run side by side), 2 CPU cores.
-- Reproduce: `python scripts/release_camvid.py --train {args.xseq_run} {args.release_run}`.
+- Reproduce: `python scripts/release_camvid.py --train {args.xseq_run} {args.release_run}{recipe_args}`.
 
 ## Limitations
 
@@ -239,6 +282,7 @@ weights: EfficientNet-Lite (Apache-2.0).
 """
     (weights_dir / "camvid.md").write_text(card)
     summary = {"cross_sequence_miou": held_out.overall.miou,
+               "cross_sequence_miou_before_stage": before.overall.miou if before else None,
                "cross_sequence_per_sequence": {s: m.miou for s, m in held_out.sequences.items()},
                "cross_sequence_per_class_iou": dict(zip(names, held_out.overall.iou)),
                "release_val_miou_trained_on": seen["val"].overall.miou,
