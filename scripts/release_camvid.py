@@ -54,9 +54,11 @@ SAMPLE = ROOT / "src" / "pspnet" / "samples" / "camvid_0016E5_08059.jpg"
 CONFIGS = {"xseq": ROOT / "configs" / "camvid_lite0_xseq.yaml", "release": ROOT / "configs" / "camvid_release.yaml"}
 
 
-# what an init_weights file of the release run holds, when it is the bundled model's earlier fit
+# what an init_weights file of the release run holds, when it is the bundled model's earlier fit (the bundled path
+# names the file as of commit d0feabc, which the 2026-11-29 release started from; a later release from the bundled
+# file must say what it held then)
 EARLIER_FITS = {
-    "src/pspnet/weights/camvid.safetensors": "the weights bundled until this release",
+    "src/pspnet/weights/camvid.safetensors": "the weights bundled from commit d0feabc until this release",
     "runs/camvid_lite0_decoder/best.safetensors": "the result of the three-stage recipe, bundled until this release",
 }
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
