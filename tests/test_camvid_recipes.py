@@ -72,3 +72,15 @@ def test_finetune_stage_is_the_same_on_the_held_out_split_and_for_the_release():
     assert not (augment.gamma or augment.noise or augment.jitter("brightness"))  # geometric jitter only
     differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
     assert differ == {"val_split", "dataset_options", "init_weights", "out_dir", "eval_every"}
+
+
+def test_lite1_pair_differs_only_in_what_is_held_out():
+    """The wider backbone is scored on 0006R0 with exactly the schedule its train+val twin runs."""
+    xseq, xseq_cfg, xseq_augment = recipe("camvid_lite1_xseq")
+    release, cfg, augment = recipe("camvid_lite1_release")
+    assert xseq_cfg.model == cfg.model == "pspnet_tf_efficientnet_lite1" and cfg.pretrained_backbone is True
+    assert xseq_cfg.val_split == "holdout" and xseq_cfg.dataset_options["holdout_sequences"] == ["0006R0"]
+    assert cfg.train_split == "train+val" and cfg.val_split is None and augment == xseq_augment
+    assert not (augment.gamma or augment.noise or augment.jitter("brightness"))  # geometric jitter only
+    differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
+    assert differ == {"val_split", "dataset_options", "out_dir", "eval_every"}

@@ -200,6 +200,30 @@ def test_fp32_stem_keeps_the_half_resolution_convs_in_fp32(model):
         fast_model(model, FastPath("x", "bf16", cast_weights=True, fp32_stem=True))
 
 
+def test_autocast_path_stores_the_low_precision_conv_weights_once_with_identical_logits(model):
+    """Weights that autocast would round to bf16 on every call are stored rounded: same logits, bit for bit;
+    the fp32 stem keeps its fp32 weights and the model given is left alone."""
+    import copy
+
+    from pspnet.device import autocast
+    from pspnet.inference.fast import Float32
+
+    path = FastPath("bf16 fp32-stem", "bf16", fold_bn=True, channels_last=True, fp32_stem=True)
+    net = fast_model(model, path)
+    stem = [m.module for m in net.modules() if isinstance(m, Float32)]
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert stem and all(m.weight.dtype == torch.float32 for m in stem)
+    assert all(m.weight.dtype == torch.bfloat16 for m in convs if not any(m is s for s in stem))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    reference = copy.deepcopy(net)  # the same net with fp32 weights: what autocast alone would run
+    for m in reference.modules():
+        if isinstance(m, nn.Conv2d):
+            m.float()
+    x = torch.randn(2, 3, 64, 80).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        assert torch.equal(net(x), reference(x))
+
+
 def test_segmenter_in_bf16_uses_the_fp32_stem_and_leaves_the_model_alone(model):
     from pspnet.inference.fast import Float32
     from pspnet.inference.segmenter import Segmenter
