@@ -61,6 +61,7 @@ EARLIER_FITS = {
     "src/pspnet/weights/camvid.safetensors": "the weights bundled from commit d0feabc until this release",
     "runs/camvid_lite0_decoder/best.safetensors": "the result of the three-stage recipe, bundled until this release",
 }
+BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
                 "configs/camvid_lite0.yaml, camvid_lite0_stage2.yaml, camvid_lite0_decoder.yaml")
 
@@ -164,9 +165,10 @@ def main() -> None:
     (docs / "per_sequence.json").write_text(json.dumps(
         {"cross_sequence": held_out.to_dict(), **{f"release_on_{k}": v.to_dict() for k, v in seen.items()}}, indent=1))
     held = ", ".join(held_out.sequences)
-    os_ = model.config["output_stride"]
+    os_, backbone = model.config["output_stride"], model.config["backbone"]
+    family = BACKBONE_NAMES.get(backbone, backbone)
     plot_history(xseq_ckpt["history"], docs / "training_curve.png",
-                 f"PSPNet-EfficientNet-Lite0 (OS{os_}) on CamVid, {held} held out (val mIoU = held-out drive)")
+                 f"PSPNet-{family} (OS{os_}) on CamVid, {held} held out (val mIoU = held-out drive)")
 
     seg = Segmenter(model, precision="fp32")
     seg.overlay(SAMPLE).save(docs / "sample_overlay.png")
@@ -212,7 +214,7 @@ def main() -> None:
                   "on it before the stage.")
     card = f"""# Model card: `camvid` (bundled)
 
-PSPNet with an ImageNet-pretrained EfficientNet-Lite0 backbone, output stride {os_}{", and a skip decoder at 1/4" if dec else ""}, trained on CamVid
+PSPNet with an ImageNet-pretrained {family} backbone, output stride {os_}{", and a skip decoder at 1/4" if dec else ""}, trained on CamVid
 (11 classes, 360x480) on a 2-core CPU. Load it with `pspnet.load("camvid")`, `pspnet.Segmenter("camvid")`
 or `pspnet predict --model camvid`.
 
@@ -244,8 +246,8 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 
 ## Model
 
-- Architecture: PSPNet, backbone timm `tf_efficientnet_lite0` (features_only, output stride {os_}), pyramid
-  pooling bins (1, 2, 3, 6) over 320 channels, 512-channel classifier, Dropout2d 0.1. Auxiliary head
+- Architecture: PSPNet, backbone timm `{backbone}` (features_only, output stride {os_}), pyramid
+  pooling bins {tuple(model.config["bins"])} over {model.ppm.features[0][1].in_channels} channels, {model.config["head_channels"]}-channel classifier, Dropout2d {model.config["dropout"]}. Auxiliary head
   used in training (weight 0.4) and removed from the published file.{f" Skip decoder ({dec} channels) fusing the stride-4 features." if dec else ""}
 - Parameters: {params:,}; {gflop:.1f} GFLOP at 360x480 (torch.utils.flop_counter); file size {size_mb:.1f} MB (safetensors, fp32, config in the metadata).
 - Input: RGB scaled to 0..1, normalised with the backbone's mean/std.
