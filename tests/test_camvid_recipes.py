@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pspnet.data import build_dataset
@@ -62,12 +63,17 @@ def test_release_script_starts_a_fresh_run_and_resumes_an_interrupted_one(tmp_pa
     assert command[command.index("--out-dir") + 1] == str(tmp_path / "fresh")
 
 
-def test_finetune_stage_is_the_same_on_the_held_out_split_and_for_the_release():
+@pytest.mark.parametrize("xseq_name, release_name, base", [
+    ("camvid_xseq_finetune", "camvid_release_finetune", "camvid_lite0_xseq"),
+    ("camvid_lite1_xseq_finetune", "camvid_lite1_release_finetune", "camvid_lite1_xseq"),
+])
+def test_finetune_stage_is_the_same_on_the_held_out_split_and_for_the_release(xseq_name, release_name, base):
     """The stage measured with 0006R0 held out is exactly the stage that makes the release."""
-    xseq, xseq_cfg, xseq_augment = recipe("camvid_xseq_finetune")
-    release, cfg, augment = recipe("camvid_release_finetune")
+    xseq, xseq_cfg, xseq_augment = recipe(xseq_name)
+    release, cfg, augment = recipe(release_name)
     assert xseq_cfg.val_split == "holdout" and xseq_cfg.dataset_options["holdout_sequences"] == ["0006R0"]
-    assert xseq_cfg.init_weights == "runs/camvid_lite0_xseq/last.safetensors"  # a model that never saw 0006R0
+    # it starts from the end of the held-out recipe's run: a model that never saw 0006R0
+    assert xseq_cfg.init_weights == f"{recipe(base)[1].out_dir}/last.safetensors"
     assert cfg.train_split == "train+val" and cfg.val_split is None and augment == xseq_augment
     assert not (augment.gamma or augment.noise or augment.jitter("brightness"))  # geometric jitter only
     differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
