@@ -23,6 +23,7 @@ from PIL import Image
 
 from pspnet.benchmark.measure import timed
 from pspnet.device import cpu_flags
+from pspnet.inference.fast import FastPath, fast_model
 from pspnet.inference.segmenter import Segmenter
 from pspnet.model.bundled import SAMPLE_IMAGE
 from pspnet.model.pspnet import PSPNet
@@ -43,11 +44,23 @@ def lraspp() -> Callable[[np.ndarray], object]:
     return run
 
 
+def previous_path() -> Callable[[np.ndarray], object]:
+    """The bundled model as Segmenter ran it before: fp32 weights under bf16 autocast, labels from the
+    probabilities (same labels, bit for bit; tests/test_predict.py and tests/test_export.py check it)."""
+    seg = Segmenter("camvid", precision="auto")
+    seg._net = fast_model(seg.model, FastPath(seg.precision, seg.precision, fold_bn=True, channels_last=True,
+                                              fp32_stem=True, precast=False), seg.device)
+    return lambda frame: seg.labels(seg.probs(frame))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", type=Path, required=True, help="the other weights file (.safetensors)")
     parser.add_argument("--rounds", type=int, default=30, help="timed calls of each model (after 3 warm-up rounds)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--previous-path", action="store_true",
+                        help="also time the bundled weights through the default path as it was before 2026-11-29 "
+                             "(fp32 weights re-cast by autocast on every call; softmax, then NumPy's argmax)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
@@ -58,6 +71,8 @@ def main() -> None:
         f"{args.against.name}": Segmenter(PSPNet.from_pretrained(args.against), precision="auto"),
         "torchvision LRASPP-MobileNetV3 fp32": lraspp(),
     }
+    if args.previous_path:
+        models["bundled, the previous default path"] = previous_path()
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(args.rounds + 3):
         for name, call in models.items():

@@ -44,6 +44,7 @@ class FastPath:
     channels_last: bool = False
     cast_weights: bool = False  # run the whole model in ``precision`` instead of autocast
     fp32_stem: bool = False  # with autocast: convs at >= 1/2 resolution stay fp32 (see the module docstring)
+    precast: bool = True  # with autocast: store the conv weights in ``precision`` once (identical results)
     compile: bool = False
 
     @property
@@ -104,7 +105,7 @@ def fast_model(model: nn.Module, path: FastPath, device: torch.device | str = "c
             setattr(owner, child, Float32(getattr(owner, child)))
     if path.cast_weights and path.precision != "fp32":
         net = net.to(path.dtype)
-    elif path.precision != "fp32":
+    elif path.precast and path.precision != "fp32":
         precast_for_autocast(net, path.dtype)
     for p in net.parameters():
         p.requires_grad_(False)
