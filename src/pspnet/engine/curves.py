@@ -55,7 +55,9 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         ax2.set_ylim(0, 100)
         l2, lb2 = ax2.get_legend_handles_labels()
         lines, labels = lines + l2, labels + lb2
-    ax.legend(lines, labels, loc="center right")
+    # below the axes: inside, any corner can hide a curve or an evaluation's label
+    ax.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(labels), fontsize=8,
+              frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path)
