@@ -152,7 +152,8 @@ class Segmenter:
         """(H, W) class maps (uint8 when classes fit) for a list of images."""
         if self.threshold is None and self.mode == "whole" and self.scales == (1.0,) and not self.flip:
             # One plain forward pass: the argmax of the logits is the argmax of the probabilities (softmax is
-            # monotonic, ties go to the first class in both), without the softmax and the float copy.
+            # monotonic and ties go to the first class in both; only two logits within one fp32 rounding step
+            # of each other could tie after the softmax and not before), without the softmax and the float copy.
             dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
             return self._batched(images, lambda x: self._net(x).argmax(1).to(dtype))
         return [self.labels(p) for p in self.probs_batch(images)]
