@@ -211,3 +211,26 @@ def test_outputs_get_ordinary_permissions(tmp_path, capsys):
     os.umask(mask)
     assert (out / "x.png").stat().st_mode & 0o777 == 0o666 & ~mask
     assert np.asarray(Image.open(out / "x.png")).max() < 11
+
+
+def test_a_kill_between_an_output_and_its_row_does_not_block_the_rerun(tmp_path, capsys, monkeypatch):
+    """A run killed after renaming an output into place but before its result row: the next run knows the file
+    as its own (the batch named its outputs before writing them), redoes that input and completes."""
+    from pspnet.inference.outputs import Manifest
+
+    class Killed(BaseException):  # nothing in the run catches it, as nothing survives SIGKILL
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    _img(src / "a.jpg")
+    monkeypatch.setattr(Manifest, "record", killed)
+    with pytest.raises(Killed):
+        main(["predict", str(src), "--out", str(out), "--precision", "fp32", "--no-progress"])
+    assert (out / "a.png").is_file() and (out / "a_overlay.png").is_file()  # written, never recorded
+    monkeypatch.undo()
+    code, text = _predict(capsys, src, "--out", out)
+    assert code == 0 and "done 1, skipped 0" in text
+    assert _predict(capsys, src, "--out", out)[1].count("skipped 1")  # and now it is recorded

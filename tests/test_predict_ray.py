@@ -122,7 +122,8 @@ def test_sigkill_of_the_driver_then_rerun_completes_without_rewriting(camvid_roo
     before = {r["input"] for r in _manifest_rows(out) if not r["error"]}
     assert 3 <= len(before) < 12
     stats = {p: p.stat() for p in out.glob("*.png")}
-    subprocess.run(cmd, env=env, check=True, timeout=600, capture_output=True)
+    rerun = subprocess.run(cmd, env=env, timeout=600, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert main(["predict", str(src), "--out", str(ref), *common]) == 0
     assert _labels(out) == _labels(ref) and len(_labels(ref)) == 12  # every output present and equal
     rows = _manifest_rows(out)

@@ -26,7 +26,9 @@ Refusals, all before any inference
 
 Earlier runs
     Every result is a row of the manifest (``OUT/.pspnet/manifest-*.csv``, one append-only part per process,
-    merged into ``OUT/manifest.csv`` at the end of a run). An input whose file (size, mtime) and options are
+    merged into ``OUT/manifest.csv`` at the end of a run); each batch names its outputs in its part before
+    writing them, so a run killed between an output and its row leaves a file the next run knows as its own
+    and redoes. An input whose file (size, mtime) and options are
     unchanged since its last successful row, with every output still present, is skipped; outputs pspnet
     wrote earlier are overwritten when the input or options changed. A file pspnet did not write is never
     replaced without ``overwrite``.
@@ -275,23 +277,28 @@ def check_plan(plan: Sequence[Planned], out: Path, folder_inputs: Sequence[Path]
                           "--overwrite to replace it")
 
 
-def _rows(out: Path) -> list[dict]:
+def _rows(out: Path, finished: bool = True) -> list[dict]:
+    """The manifest rows of every part; ``finished`` keeps only results (not the intents written before the
+    outputs, nor a row cut short by a kill, which has no final field), in the order they finished."""
     rows: list[dict] = []
     for part in sorted((out / STATE_DIR).glob("manifest-*.csv")):
         with open(part, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if row.get("finished"):  # a row cut short by a kill has no final field
-                    rows.append(row)
-    rows.sort(key=lambda r: float(r["finished"]))
+            rows += [row for row in csv.DictReader(f) if row.get("finished") or not finished]
+    if finished:
+        rows.sort(key=lambda r: float(r["finished"]))
     return rows
 
 
 def owned_outputs(out: Path) -> set[Path]:
-    """Every file a successful earlier run recorded writing under ``out``."""
+    """Every file an earlier run wrote, or named before writing it, under ``out``.
+
+    The intents count: a run killed between an output's rename and its result row leaves a file of its own,
+    which the next run redoes, not a file of the user's that it must refuse to replace.
+    """
     owned: set[Path] = set()
-    for row in _rows(out):
-        if not row["error"]:
-            owned |= {(out / rel).resolve() for rel in row["outputs"].split(";") if rel}
+    for row in _rows(out, finished=False):
+        if not row.get("error"):
+            owned |= {(out / rel).resolve() for rel in (row.get("outputs") or "").split(";") if rel}
     return owned
 
 
@@ -308,12 +315,17 @@ def mark_done(plan: Sequence[Planned], out: Path, options: str) -> int:
         if row is None or row["error"] or row["options"] != options:
             continue
         ident = p.source.identity()
-        wanted = ";".join(sorted(str(d.relative_to(out)) for d in p.outputs.values()))
+        wanted = outputs_field(p, out)
         if ident and (row["size"], row["mtime_ns"]) == tuple(map(str, ident)) and row["outputs"] == wanted \
                 and all(d.is_file() and not d.is_symlink() for d in p.outputs.values()):
             p.skip = True
             n += 1
     return n
+
+
+def outputs_field(planned: Planned, out: PurePath) -> str:
+    """The manifest's ``outputs``: the planned files relative to ``out``, sorted, ``;``-separated."""
+    return ";".join(sorted(str(d.relative_to(out)) for d in planned.outputs.values()))
 
 
 def make_row(planned: Planned, out: PurePath, options: str, seconds: float, shares: dict[str, float] | None,
@@ -323,7 +335,7 @@ def make_row(planned: Planned, out: PurePath, options: str, seconds: float, shar
     return {
         "input": planned.source.key,
         "output": "" if error else str(planned.label.relative_to(out)),
-        "outputs": "" if error else ";".join(sorted(str(d.relative_to(out)) for d in planned.outputs.values())),
+        "outputs": "" if error else outputs_field(planned, out),
         "size": ident[0] if ident else "",
         "mtime_ns": ident[1] if ident else "",
         "options": options,
@@ -347,7 +359,9 @@ class Manifest:
         self.path = self.out / STATE_DIR / f"manifest-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}.csv"
 
     def batch(self, plans: Sequence[Planned]) -> contextlib.AbstractContextManager:
-        """Around the writes of a batch; nothing to do here, since every row is on disk as it is recorded."""
+        """Name the batch's outputs before writing them (rows without ``finished``; see ``owned_outputs``)."""
+        self._append([{"input": p.source.key, "options": self.options, "outputs": outputs_field(p, self.out)}
+                      for p in plans])
         return contextlib.nullcontext()
 
     def write(self, dst: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -361,15 +375,19 @@ class Manifest:
     def record(self, planned: Planned, seconds: float, shares: dict[str, float] | None = None,
                error: str = "") -> dict:
         row = make_row(planned, self.out, self.options, seconds, shares, error)
+        self._append([row])
+        return row
+
+    def _append(self, rows: Sequence[dict]) -> None:
+        """Rows on disk (flushed and fsynced) before the caller goes on."""
         new = not self.path.exists()
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, FIELDS)
             if new:
                 w.writeheader()
-            w.writerow(row)
+            w.writerows(rows)
             f.flush()
             os.fsync(f.fileno())
-        return row
 
 
 def merge_manifest(out: Path) -> Path:

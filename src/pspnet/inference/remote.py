@@ -54,7 +54,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from pspnet.errors import PSPNetError
-from pspnet.inference.outputs import FIELDS, MANIFEST, STATE_DIR, Planned, Source, make_row
+from pspnet.inference.outputs import FIELDS, MANIFEST, STATE_DIR, Planned, Source, make_row, outputs_field
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ class RemoteManifest:
         for p in plans:
             self.rows[p.source.key] = {
                 "input": p.source.key, "options": self.options,
-                "outputs": ";".join(sorted(str(d.relative_to(self.out.path)) for d in p.outputs.values()))}
+                "outputs": outputs_field(p, self.out.path)}
         self._flush()
         try:
             yield
