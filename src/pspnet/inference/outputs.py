@@ -278,12 +278,14 @@ def check_plan(plan: Sequence[Planned], out: Path, folder_inputs: Sequence[Path]
 
 
 def _rows(out: Path, finished: bool = True) -> list[dict]:
-    """The manifest rows of every part; ``finished`` keeps only results (not the intents written before the
-    outputs, nor a row cut short by a kill, which has no final field), in the order they finished."""
+    """The complete manifest rows of every part (a row cut short by a kill has no final field); ``finished``
+    keeps only results, in the order they finished, not the intents written before the outputs."""
     rows: list[dict] = []
     for part in sorted((out / STATE_DIR).glob("manifest-*.csv")):
         with open(part, newline="", encoding="utf-8") as f:
-            rows += [row for row in csv.DictReader(f) if row.get("finished") or not finished]
+            for row in csv.DictReader(f):
+                if row.get("finished") or (not finished and row.get("finished") == ""):
+                    rows.append(row)
     if finished:
         rows.sort(key=lambda r: float(r["finished"]))
     return rows
