@@ -330,6 +330,11 @@ def outputs_field(planned: Planned, out: PurePath) -> str:
     return ";".join(sorted(str(d.relative_to(out)) for d in planned.outputs.values()))
 
 
+def intent_row(planned: Planned, out: PurePath, options: str) -> dict:
+    """The row a batch writes before its outputs: which files it is about to write (no ``finished``)."""
+    return {"input": planned.source.key, "options": options, "outputs": outputs_field(planned, out)}
+
+
 def make_row(planned: Planned, out: PurePath, options: str, seconds: float, shares: dict[str, float] | None,
              error: str) -> dict:
     """One manifest row: the input as it is now, its outputs relative to ``out``, timing, class shares, error."""
@@ -362,8 +367,7 @@ class Manifest:
 
     def batch(self, plans: Sequence[Planned]) -> contextlib.AbstractContextManager:
         """Name the batch's outputs before writing them (rows without ``finished``; see ``owned_outputs``)."""
-        self._append([{"input": p.source.key, "options": self.options, "outputs": outputs_field(p, self.out)}
-                      for p in plans])
+        self._append([intent_row(p, self.out, self.options) for p in plans])
         return contextlib.nullcontext()
 
     def write(self, dst: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -54,7 +54,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from pspnet.errors import PSPNetError
-from pspnet.inference.outputs import FIELDS, MANIFEST, STATE_DIR, Planned, Source, make_row, outputs_field
+from pspnet.inference.outputs import FIELDS, MANIFEST, STATE_DIR, Planned, Source, intent_row, make_row
 
 logger = logging.getLogger(__name__)
 
@@ -409,9 +409,7 @@ class RemoteManifest:
     def batch(self, plans: Sequence[Planned]) -> Iterator[None]:
         """Name the batch's outputs before writing them, and its finished rows after (even after a failure)."""
         for p in plans:
-            self.rows[p.source.key] = {
-                "input": p.source.key, "options": self.options,
-                "outputs": outputs_field(p, self.out.path)}
+            self.rows[p.source.key] = intent_row(p, self.out.path, self.options)
         self._flush()
         try:
             yield
