@@ -76,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p, default=argparse.SUPPRESS)
     p.add_argument("--crop-size", type=int, nargs="+", metavar="H [W]", default=argparse.SUPPRESS,
                    help=f"random crop of the scaled image (default: the recipe's, else {list(defaults.crop_size)})")
+    p.add_argument("--teachers", nargs="+", metavar="WEIGHTS", default=argparse.SUPPRESS,
+                   help="distil from these frozen models of the same classes (weights files, run folders or Hub "
+                        "ids): their averaged probabilities are soft targets; tune with --set distill_weight=1 "
+                        "--set distill_temperature=1 (the defaults)")
     p.add_argument("--channels-last", action="store_true", default=argparse.SUPPRESS,
                    help="channels-last memory format (faster on some GPUs and AMX CPUs)")
     p.add_argument("--wandb", action="store_true", default=argparse.SUPPRESS, help="also log to Weights & Biases")
@@ -92,8 +96,9 @@ def options_given(args: argparse.Namespace) -> dict[str, Any]:
                                                  "data_root"]:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    if hasattr(args, "crop_size"):
-        values["crop_size"] = args.crop_size
+    for key in ("crop_size", "teachers"):
+        if hasattr(args, key):
+            values[key] = getattr(args, key)
     if args.backbone_weights:
         values["pretrained_backbone"] = args.backbone_weights
     if args.no_pretrained:

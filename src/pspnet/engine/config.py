@@ -46,6 +46,11 @@ class TrainConfig:
     rare_class_sampling: float | None = None
     loss: str = "cross_entropy"  # one of LOSSES (pspnet.engine.losses: when to use which)
     loss_options: dict[str, Any] = field(default_factory=dict)  # the loss's own options: gamma, smooth, dice_weight
+    # knowledge distillation (pspnet.engine.distill): weights files, run folders or Hub ids of frozen models of the
+    # same classes whose averaged probabilities are soft targets; the loss adds distill_weight x KL per pixel
+    teachers: list[str] = field(default_factory=list)
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
     out_dir: str = "runs/train"
     train_split: str = "train"
     val_split: str | None = "val"
@@ -133,6 +138,9 @@ RANGES: dict[str, Rule] = {
     "head_lr_mult": (_positive, "a number > 0"),
     "rare_class_sampling": (lambda v: v is None or (math.isfinite(v) and v > 0), "null or a temperature > 0"),
     "aux_weight": (lambda v: v >= 0, "a number >= 0"),
+    "distill_weight": (lambda v: v >= 0, "a number >= 0"),
+    "distill_temperature": (_positive, "a number > 0, e.g. 1 or 2"),
+    "teachers": (lambda v: all(t.strip() for t in v), "a list of weights files, run folders or Hub ids"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
@@ -167,7 +175,7 @@ def _type_name(hint: Any) -> str:
         item = _type_name(typing.get_args(hint)[0]).removeprefix("an ").removeprefix("a ")
         return f"a list of {len(typing.get_args(hint))} {item}s (or one)"
     if origin is list:
-        return "a list of numbers"
+        return "a list of strings" if typing.get_args(hint) == (str,) else "a list of numbers"
     if origin is dict:
         return "a mapping"
     return names.get(hint, getattr(hint, "__name__", str(hint)))
@@ -214,9 +222,11 @@ def _coerce(value: Any, hint: Any) -> Any:
             raise TypeError
         return tuple(_coerce(v, a) for v, a in zip(items, args))
     if origin is list:
+        (arg,) = typing.get_args(hint)
+        if isinstance(value, str) and arg is str:  # one path for a list of paths
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise TypeError
-        (arg,) = typing.get_args(hint)
         return [_coerce(v, arg) for v in value]
     if origin is dict or hint is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):

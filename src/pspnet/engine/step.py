@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pspnet.device import autocast
+from pspnet.engine.distill import Teachers
 from pspnet.engine.losses import build_loss
 from pspnet.errors import PSPNetError
 
@@ -59,8 +60,9 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum
 
 def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, criterion: Criterion, has_aux: bool,
                aux_weight: float, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-               device: torch.device, precision: str) -> tuple[float, float]:
-    """Forward, loss (main + aux_weight x aux), backward and step; returns (loss, main loss).
+               device: torch.device, precision: str, teachers: Teachers | None = None) -> tuple[float, float]:
+    """Forward, loss (main + aux_weight x aux [+ distillation from ``teachers``]), backward and step; returns
+    (loss, main loss).
 
     A loss that is not finite raises before the weights are touched, so the last checkpoint stays good.
     """
@@ -68,6 +70,8 @@ def train_step(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, cri
         logits, aux = forward_with_aux(net, images, has_aux)
     main_loss = criterion(logits, masks)
     loss = main_loss + aux_weight * criterion(aux, masks) if aux is not None and aux_weight else main_loss
+    if teachers is not None:
+        loss = loss + teachers.loss(images, logits, masks, precision)
     value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(value)

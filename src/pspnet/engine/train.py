@@ -33,6 +33,7 @@ from pspnet.engine.evaluate import evaluate
 from pspnet.engine.loggers import RunLogger
 from pspnet.engine.sampling import (EpochSampler, SeededSamples, rare_class_frame_weights, rng_state, seed_everything,
                                    set_rng_state)
+from pspnet.engine.distill import Teachers
 from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
                                 train_step)
 from pspnet.engine.summary import (SHARE_SAMPLE, collapse_warning, format_summary, frame_pixels, loss_weights,
@@ -71,6 +72,7 @@ class Run:
     scaler: torch.amp.GradScaler
     criterion: Criterion
     has_aux: bool
+    teachers: Teachers | None
     sampler: EpochSampler
     loader: DataLoader
     val_set: Dataset | None
@@ -130,6 +132,9 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
         check_same_model(ckpt.get("config", {}), model.config, ckpt_path)
     else:
         _refuse_existing_run(out, overwrite)
+    teachers = None
+    if cfg.teachers and cfg.distill_weight > 0:
+        teachers = Teachers(cfg.teachers, model, cfg.distill_weight, cfg.distill_temperature)
     if rank == 0:  # before anything is written, and after every check of the config, data and model
         _prepare_run_folder(out, clear=overwrite and ckpt is None)
 
@@ -144,8 +149,12 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     train_set.transform = train_transforms(cfg.crop_size, mean, std, cfg.scale, cfg.rotate,
                                            augment=Augment.from_dict(cfg.augment))
     model.to(device)
+    if teachers is not None:
+        teachers.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+        if teachers is not None:
+            teachers.to(memory_format=torch.channels_last)
 
     optimizer = build_optimizer(cfg.optimizer, param_groups(model, cfg.head_lr_mult, cfg.lr), cfg.lr, cfg.momentum,
                                 cfg.weight_decay)
@@ -177,8 +186,8 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     log = RunLogger(out, cfg.tensorboard, cfg.wandb, cfg.to_dict(), enabled=rank == 0)
     run = Run(cfg, out, device, precision, rank, world, own_group, model, net, optimizer, scheduler, scaler,
               build_criterion(cfg.loss, weight.to(device) if weight is not None else None, options=cfg.loss_options),
-              model.aux is not None and cfg.aux_weight > 0, sampler, loader, val_set, log, start, best_miou, history,
-              rng, started)
+              model.aux is not None and cfg.aux_weight > 0, teachers, sampler, loader, val_set, log, start, best_miou,
+              history, rng, started)
     summary = format_summary(_summary_rows(run, train_set, ckpt_path if ckpt is not None else None),
                              train_set.class_names, counts[0] / max(counts[0].sum(), 1), weight, counts[2],
                              len(train_set))
@@ -340,7 +349,9 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                         if cfg.rare_class_sampling is not None else "")),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
-                             if cfg.class_weights is not None else "")),
+                             if cfg.class_weights is not None else "")
+                 + (f", + {cfg.distill_weight:g} x distillation (temperature {cfg.distill_temperature:g}) from "
+                    f"{', '.join(cfg.teachers)}" if run.teachers is not None else "")),
         ("output", str(run.out)),
     ]
 
@@ -370,7 +381,7 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
                 loss, main_loss = train_step(run.net, images, masks, criterion=run.criterion, has_aux=run.has_aux,
                                              aux_weight=cfg.aux_weight, optimizer=run.optimizer,
                                              scheduler=run.scheduler, scaler=run.scaler, device=run.device,
-                                             precision=run.precision)
+                                             precision=run.precision, teachers=run.teachers)
             except FloatingPointError as err:
                 raise _diverged(run, err.args[0], it + 1) from None
             done = it = it + 1
