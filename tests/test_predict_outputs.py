@@ -234,3 +234,22 @@ def test_a_kill_between_an_output_and_its_row_does_not_block_the_rerun(tmp_path,
     code, text = _predict(capsys, src, "--out", out)
     assert code == 0 and "done 1, skipped 0" in text
     assert _predict(capsys, src, "--out", out)[1].count("skipped 1")  # and now it is recorded
+
+
+def test_labels_come_from_the_logits_unless_probabilities_are_written(tmp_path, capsys, monkeypatch):
+    """Without --save-probs/--save-confidence no probabilities are computed, and the labels are the same."""
+    from pspnet.inference import segmenter
+
+    images = [_img(tmp_path / "in" / f"{k}.png", size) for k, size in enumerate([(96, 72), (96, 72), (80, 64)])]
+    assert _predict(capsys, *images, "--out", tmp_path / "with_probs", "--save-probs", "--model", "camvid")[0] == 0
+    calls = []
+    real = segmenter.Segmenter.probs_batch
+    monkeypatch.setattr(segmenter.Segmenter, "probs_batch", lambda self, ims: calls.append(len(ims)) or real(self, ims))
+    assert _predict(capsys, *images, "--out", tmp_path / "labels_only", "--model", "camvid")[0] == 0
+    assert calls == []
+    for k in range(3):
+        a = np.asarray(Image.open(tmp_path / "with_probs" / f"{k}.png"))
+        b = np.asarray(Image.open(tmp_path / "labels_only" / f"{k}.png"))
+        assert np.array_equal(a, b)
+    assert _predict(capsys, images[0], "--out", tmp_path / "confidence", "--save-confidence", "--model", "camvid")[0] == 0
+    assert calls == [1]

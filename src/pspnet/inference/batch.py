@@ -166,12 +166,12 @@ def class_shares(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, fl
     return {name: float(c) / labels.size for name, c in zip(class_names, counts)}
 
 
-def write_image_outputs(seg, planned: Planned, image, probs: np.ndarray, alpha: float,
+def write_image_outputs(seg, planned: Planned, image, labels: np.ndarray, probs: np.ndarray | None, alpha: float,
                         write: Callable[[Path, Callable[[BinaryIO], object]], None] = atomic_write) -> dict[str, float]:
-    """Every planned file of one image, each written atomically by ``write``; returns the class shares."""
+    """Every planned file of one image, each written atomically by ``write``; returns the class shares.
+    ``probs`` is needed only when probabilities or confidence are among the outputs."""
     from pspnet.inference.visualize import confidence_png, label_png, mask_png
 
-    labels = seg.labels(probs)
     for kind, dst in planned.outputs.items():
         if kind == "label":
             if seg.mask_values is not None:  # the user's own values (e.g. 0/255), as a grey PNG
@@ -219,11 +219,17 @@ def process_batch(seg, batch: Sequence[Planned], manifest: Manifest, alpha: floa
                 logger.debug("%s", msg)  # every failure is reported once, at the end of the run
                 rows.append(manifest.record(p, time.perf_counter() - start, error=msg))
         if good:
-            probs = seg.probs_batch([im for _, im in good])
+            images = [im for _, im in good]
+            # labels straight from the logits (Segmenter's fast path) unless probabilities are written
+            if any({"probs", "confidence"} & p.outputs.keys() for p, _ in good):
+                probs: list[np.ndarray | None] = list(seg.probs_batch(images))
+                labels = [seg.labels(pr) for pr in probs]
+            else:
+                labels, probs = seg.predict_batch(images), [None] * len(good)
             per = (time.perf_counter() - start) / len(good)
-            for (p, image), pr in zip(good, probs):
+            for (p, image), lab, pr in zip(good, labels, probs):
                 t = time.perf_counter()
-                shares = write_image_outputs(seg, p, image, pr, alpha, manifest.write)
+                shares = write_image_outputs(seg, p, image, lab, pr, alpha, manifest.write)
                 rows.append(manifest.record(p, per + time.perf_counter() - t, shares))
     return rows
 
