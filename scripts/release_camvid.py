@@ -59,7 +59,8 @@ CONFIGS = {"xseq": ROOT / "configs" / "camvid_lite0_xseq.yaml", "release": ROOT 
 # file must say what it held then)
 EARLIER_FITS = {
     "src/pspnet/weights/camvid.safetensors": "the weights bundled from commit d0feabc until this release",
-    "runs/camvid_lite0_decoder/best.safetensors": "the result of the three-stage recipe, bundled until this release",
+    "runs/camvid_lite0_decoder/best.safetensors": "the result of the three-stage recipe, bundled from commit d0feabc "
+                                                  "until the first release by this protocol (37f5af6)",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
@@ -136,7 +137,7 @@ def main() -> None:
     release_ckpt = load_checkpoint(args.release_run / "last.pt")
     xseq_cfg, cfg = xseq_ckpt["train_config"], release_ckpt["train_config"]
     for key in ("model", "model_kwargs", "iterations", "batch_size", "lr", "scale", "crop_size", "augment",
-                "rare_class_sampling"):
+                "rare_class_sampling", "distill_weight", "distill_temperature"):
         if xseq_cfg.get(key) != cfg.get(key):
             print(f"warning: the release run's {key} ({cfg.get(key)!r}) differs from the cross-sequence run's "
                   f"({xseq_cfg.get(key)!r}): its held-out number does not describe the released model", file=sys.stderr)
@@ -206,6 +207,13 @@ def main() -> None:
     recipe_args = "".join(f" --{k}-config {r}" for k, r in (("xseq", xseq_recipe), ("release", release_recipe))
                           if (ROOT / r).resolve() != CONFIGS[k].resolve())
     pictures, root_link = (os.path.relpath(p.absolute(), weights_dir.absolute()) for p in (docs, ROOT))
+    teachers = ""
+    if cfg.get("teachers") and cfg.get("distill_weight"):
+        teachers = (f"\n- Knowledge distillation: the loss adds {cfg['distill_weight']:g} x KL from the averaged "
+                    f"probabilities of frozen teachers (temperature {cfg['distill_temperature']:g}): release run "
+                    f"{', '.join(f'`{t}`' for t in cfg['teachers'])}; cross-sequence run "
+                    f"{', '.join(f'`{t}`' for t in xseq_cfg.get('teachers') or [])} (trained without {held}). "
+                    "The teachers only run in training; their own training time is not counted below.")
     starts = ""
     if before is not None:
         starts = (f"Both runs are a further stage on earlier weights: the cross-sequence run {start_of(xseq_cfg)} "
@@ -260,7 +268,7 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 - [{xseq_recipe}]({root_link}/{xseq_recipe}), then [{release_recipe}]({root_link}/{release_recipe}):
   {start_of(cfg)}, SGD momentum {cfg['momentum']}, weight decay {cfg['weight_decay']}, lr {cfg['lr']} poly {cfg['power']},
   heads x{cfg['head_lr_mult']}, batch {cfg['batch_size']}, {cfg['iterations']} iterations,
-  class weights {cfg.get('class_weights')}.
+  class weights {cfg.get('class_weights')}.{teachers}
 - Augmentation: random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, crops
   {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}.
 - Compute: {train_seconds / 3600:.1f} hours of training summed over both runs (wall time is less when they run side by side), 2 CPU cores.

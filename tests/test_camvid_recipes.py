@@ -90,3 +90,22 @@ def test_lite1_pair_differs_only_in_what_is_held_out():
     assert not (augment.gamma or augment.noise or augment.jitter("brightness"))  # geometric jitter only
     differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
     assert differ == {"val_split", "dataset_options", "out_dir", "eval_every"}
+
+
+def test_distillation_pair_is_the_finetune_stage_with_teachers_of_its_own_split():
+    """The distilled stage adds only teachers to the fine-tuning stage, and the cross-sequence run's teachers
+    never saw 0006R0 while the release run's are their train+val twins."""
+    for name, plain_name in (("camvid_xseq_distill", "camvid_xseq_finetune"),
+                             ("camvid_release_distill", "camvid_release_finetune")):
+        raw, cfg, _ = recipe(name)
+        plain = recipe(plain_name)[0]
+        differ = {k for k in raw.keys() | plain.keys() if raw.get(k) != plain.get(k)}
+        assert differ == {"teachers", "distill_weight", "distill_temperature", "out_dir"}
+    xseq_teachers = recipe("camvid_xseq_distill")[1].teachers
+    release_teachers = recipe("camvid_release_distill")[1].teachers
+    never_saw = {recipe(n)[1].out_dir for n in ("camvid_xseq_finetune", "camvid_lite1_xseq")}
+    assert {str(Path(t).parent) for t in xseq_teachers} == never_saw
+    assert all(recipe(n)[1].dataset_options["holdout_sequences"] == ["0006R0"]
+               for n in ("camvid_xseq_finetune", "camvid_lite1_xseq"))
+    twins = {recipe(n)[1].out_dir for n in ("camvid_release_finetune", "camvid_lite1_release")}
+    assert {str(Path(t).parent) for t in release_teachers} == twins
