@@ -29,11 +29,11 @@ from pspnet.data.transforms import Augment, eval_transforms, train_transforms
 from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.curves import plot_history
+from pspnet.engine.distill import Teachers
 from pspnet.engine.evaluate import evaluate
 from pspnet.engine.loggers import RunLogger
 from pspnet.engine.sampling import (EpochSampler, SeededSamples, rare_class_frame_weights, rng_state, seed_everything,
                                    set_rng_state)
-from pspnet.engine.distill import Teachers
 from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
                                 train_step)
 from pspnet.engine.summary import (SHARE_SAMPLE, collapse_warning, format_summary, frame_pixels, loss_weights,
