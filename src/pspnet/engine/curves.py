@@ -37,7 +37,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         ax.annotate(f"stage {i + 2}", (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="grey")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (main + 0.4 aux)")
+    ax.set_ylabel("training loss (every term)")
     ax.grid(alpha=0.3)
     lines, labels = ax.get_legend_handles_labels()
     if val:
