@@ -52,13 +52,9 @@ class Teachers(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, precision: str) -> torch.Tensor:
-        total = None
-        for model in self.models:
-            with autocast(images.device, precision):
-                logits = model(images)
-            probs = F.softmax(logits.float() / self.temperature, dim=1)
-            total = probs if total is None else total.add_(probs)
-        return total.div_(len(self.models))
+        with autocast(images.device, precision):
+            logits = [model(images) for model in self.models]
+        return torch.stack([F.softmax(x.float() / self.temperature, dim=1) for x in logits]).mean(0)
 
     def loss(self, images: torch.Tensor, student_logits: torch.Tensor, masks: torch.Tensor,
              precision: str) -> torch.Tensor:
