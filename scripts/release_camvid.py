@@ -137,7 +137,7 @@ def main() -> None:
     release_ckpt = load_checkpoint(args.release_run / "last.pt")
     xseq_cfg, cfg = xseq_ckpt["train_config"], release_ckpt["train_config"]
     for key in ("model", "model_kwargs", "iterations", "batch_size", "lr", "scale", "crop_size", "augment",
-                "rare_class_sampling", "distill_weight", "distill_temperature", "distill_pixels"):
+                "rare_class_sampling", "distill_weight", "distill_temperature"):
         if xseq_cfg.get(key) != cfg.get(key):
             print(f"warning: the release run's {key} ({cfg.get(key)!r}) differs from the cross-sequence run's "
                   f"({xseq_cfg.get(key)!r}): its held-out number does not describe the released model", file=sys.stderr)
@@ -210,9 +210,7 @@ def main() -> None:
     teachers = ""
     if cfg.get("teachers") and cfg.get("distill_weight"):
         teachers = (f"\n- Knowledge distillation: the loss adds {cfg['distill_weight']:g} x KL from the averaged "
-                    f"probabilities of frozen teachers (temperature {cfg['distill_temperature']:g}"
-                    + (", on the pixels they label right" if cfg.get("distill_pixels") == "teachers_right" else "")
-                    + "): release run "
+                    f"probabilities of frozen teachers (temperature {cfg['distill_temperature']:g}): release run "
                     f"{', '.join(f'`{t}`' for t in cfg['teachers'])}; cross-sequence run "
                     f"{', '.join(f'`{t}`' for t in xseq_cfg.get('teachers') or [])} (trained without {held}). "
                     "The teachers only run in training; their own training time is not counted below.")

@@ -24,9 +24,9 @@ DEFAULT_MODEL_KWARGS: dict[str, Any] = {"output_stride": 16, "decoder_channels":
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHT_SPECS = ("median_frequency", "sqrt_median_frequency")
-DISTILL_PIXELS = ("labelled", "teachers_right")  # where distillation applies: engine.distill.distill_loss
 # the names pspnet.engine.losses.build_loss knows (kept here so `pspnet --help` need not import torch;
 # tests/test_train_loss.py checks they match)
+DISTILL_PIXELS = ("labelled", "teachers_right")  # where distillation applies: engine.distill.distill_loss
 LOSSES = ("cross_entropy", "ce", "dice", "ce_dice", "ce+dice", "focal")
 
 
