@@ -26,7 +26,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHT_SPECS = ("median_frequency", "sqrt_median_frequency")
 # the names pspnet.engine.losses.build_loss knows (kept here so `pspnet --help` need not import torch;
 # tests/test_train_loss.py checks they match)
-DISTILL_PIXELS = ("labelled", "teachers_right")  # where distillation applies: engine.distill.distill_loss
 LOSSES = ("cross_entropy", "ce", "dice", "ce_dice", "ce+dice", "focal")
 
 
@@ -52,7 +51,6 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
-    distill_pixels: str = "labelled"  # or "teachers_right": only where the teachers' prediction matches the label
     out_dir: str = "runs/train"
     train_split: str = "train"
     val_split: str | None = "val"
@@ -142,7 +140,6 @@ RANGES: dict[str, Rule] = {
     "aux_weight": (lambda v: v >= 0, "a number >= 0"),
     "distill_weight": (lambda v: v >= 0, "a number >= 0"),
     "distill_temperature": (_positive, "a number > 0, e.g. 1 or 2"),
-    "distill_pixels": (lambda v: v in DISTILL_PIXELS, f"one of {', '.join(DISTILL_PIXELS)}"),
     "teachers": (lambda v: all(t.strip() for t in v), "a list of weights files, run folders or Hub ids"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),

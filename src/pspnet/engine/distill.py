@@ -20,17 +20,13 @@ from pspnet.model.pspnet import PSPNet
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
-                 temperature: float = 1.0, ignore_index: int = 255, pixels: str = "labelled") -> torch.Tensor:
-    """Mean KL(teacher || student) over the chosen pixels, times temperature² (Hinton's gradient scale).
+                 temperature: float = 1.0, ignore_index: int = 255) -> torch.Tensor:
+    """Mean KL(teacher || student) over the labelled pixels, times temperature² (Hinton's gradient scale).
 
     Pixels marked ``ignore_index`` are left out: after a crop they are mostly padding, where the teacher's
-    guess teaches nothing. ``pixels="teachers_right"`` also leaves out the pixels whose label the teachers'
-    averaged prediction gets wrong, so the labels alone teach those and the model still fits frames its
-    teachers fit less well (distilling everywhere costs that fit, see docs/sequences-and-augmentation.md).
+    guess teaches nothing.
     """
     valid = masks != ignore_index
-    if pixels == "teachers_right":
-        valid &= teacher_probs.argmax(1) == masks
     if not valid.any():
         return student_logits.sum() * 0.0  # keeps the graph; nothing to learn from this batch
     log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
@@ -41,8 +37,7 @@ def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask
 class Teachers(nn.Module):
     """Frozen models whose averaged softmax(logits / temperature) is the distillation target."""
 
-    def __init__(self, sources: Sequence[str], student: PSPNet, weight: float = 1.0, temperature: float = 1.0,
-                 pixels: str = "labelled"):
+    def __init__(self, sources: Sequence[str], student: PSPNet, weight: float = 1.0, temperature: float = 1.0):
         super().__init__()
         models = []
         for source in sources:
@@ -50,7 +45,7 @@ class Teachers(nn.Module):
             _check_compatible(source, teacher.config, student.config)
             models.append(teacher.eval().requires_grad_(False))
         self.models = nn.ModuleList(models)
-        self.weight, self.temperature, self.pixels = weight, temperature, pixels
+        self.weight, self.temperature = weight, temperature
 
     def train(self, mode: bool = True) -> "Teachers":
         return super().train(False)  # batch norm keeps its running statistics: a teacher never changes
@@ -65,7 +60,7 @@ class Teachers(nn.Module):
              precision: str) -> torch.Tensor:
         """``weight`` x the distillation loss of the student's logits on ``images``."""
         target = self(images, precision)
-        return self.weight * distill_loss(student_logits, target, masks, self.temperature, pixels=self.pixels)
+        return self.weight * distill_loss(student_logits, target, masks, self.temperature)
 
 
 def _check_compatible(source: str, teacher: dict[str, Any], student: dict[str, Any]) -> None:

@@ -134,7 +134,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
         _refuse_existing_run(out, overwrite)
     teachers = None
     if cfg.teachers and cfg.distill_weight > 0:
-        teachers = Teachers(cfg.teachers, model, cfg.distill_weight, cfg.distill_temperature, cfg.distill_pixels)
+        teachers = Teachers(cfg.teachers, model, cfg.distill_weight, cfg.distill_temperature)
     if rank == 0:  # before anything is written, and after every check of the config, data and model
         _prepare_run_folder(out, clear=overwrite and ckpt is None)
 
@@ -351,9 +351,7 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
                  + (f", + {cfg.distill_weight:g} x distillation (temperature {cfg.distill_temperature:g}) from "
-                    f"{', '.join(cfg.teachers)}"
-                    + (" on the pixels they label right" if cfg.distill_pixels == "teachers_right" else "")
-                    if run.teachers is not None else "")),
+                    f"{', '.join(cfg.teachers)}" if run.teachers is not None else "")),
         ("output", str(run.out)),
     ]
 
