@@ -3,10 +3,10 @@
     python scripts/release_camvid.py --train runs/camvid_lite0_xseq runs/camvid_release
 
 or, for a further stage on earlier weights (a pair of recipes that differ only in what is held out and where
-they start):
+they start; the bundled weights are the last of these):
 
-    python scripts/release_camvid.py --train runs/camvid_xseq_finetune runs/camvid_release_finetune \
-        --xseq-config configs/camvid_xseq_finetune.yaml --release-config configs/camvid_release_finetune.yaml
+    python scripts/release_camvid.py --train runs/camvid_xseq_polish runs/camvid_release_polish \
+        --xseq-config configs/camvid_xseq_polish.yaml --release-config configs/camvid_release_polish.yaml
 
 1. The cross-sequence run (configs/camvid_lite0_xseq.yaml) trains with whole drives held out; its weights at
    the end of the schedule are evaluated per sequence on the held-out drives: the honest number.
@@ -27,23 +27,23 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from pspnet.benchmark.measure import timed
 from pspnet.data import build_dataset
 from pspnet.data.transforms import eval_transforms
+from pspnet.device import cpu_has_native_bf16
 from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.curves import plot_history
 from pspnet.engine.evaluate import write_report
 from pspnet.engine.sequences import SequenceMetrics, evaluate_by_sequence
 from pspnet.inference.segmenter import Segmenter
-from pspnet.device import cpu_has_native_bf16
 from pspnet.model.pspnet import PSPNet
 from pspnet.model.serialization import save_safetensors
 
@@ -54,13 +54,14 @@ SAMPLE = ROOT / "src" / "pspnet" / "samples" / "camvid_0016E5_08059.jpg"
 CONFIGS = {"xseq": ROOT / "configs" / "camvid_lite0_xseq.yaml", "release": ROOT / "configs" / "camvid_release.yaml"}
 
 
-# what an init_weights file of the release run holds, when it is the bundled model's earlier fit (the bundled path
-# names the file as of commit d0feabc, which the 2026-11-29 release started from; a later release from the bundled
-# file must say what it held then)
+# what an init_weights file of the release run holds, when it is an earlier bundled fit (the chain of stages that
+# made it, down to the three-stage recipe every bundled model since d0feabc grew from)
 EARLIER_FITS = {
-    "src/pspnet/weights/camvid.safetensors": "the weights bundled from commit d0feabc until this release",
     "runs/camvid_lite0_decoder/best.safetensors": "the result of the three-stage recipe, bundled from commit d0feabc "
                                                   "until the first release by this protocol (37f5af6)",
+    "runs/camvid_release_finetune/last.safetensors": "the weights bundled from commit 37f5af6: "
+                                                     "configs/camvid_release_finetune.yaml, 1200 iterations on "
+                                                     "train+val from the three-stage recipe's result",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
@@ -107,7 +108,7 @@ def per_sequence(model: PSPNet, cfg: dict, data_root: str, split: str) -> Sequen
 
 def sequence_rows(result: SequenceMetrics, label: str) -> str:
     """Markdown rows: one per sequence and the overall, mIoU and every class's IoU."""
-    fmt = lambda v: "absent" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    fmt = lambda v: "absent" if v is None else f"{100 * v:.1f}"
     rows = [f"| {label} {s} | {result.frames[s]} | {100 * m.miou:.2f} | " + " | ".join(fmt(v) for v in m.iou) + " |"
             for s, m in result.sequences.items()]
     if len(result.sequences) > 1:

@@ -22,7 +22,7 @@ def recipe(name: str) -> tuple[dict, TrainConfig, Augment]:
 
 
 def test_xseq_recipe_holds_out_a_whole_drive():
-    raw, cfg, augment = recipe("camvid_lite0_xseq")
+    _raw, cfg, augment = recipe("camvid_lite0_xseq")
     assert cfg.val_split == "holdout" and cfg.dataset_options["holdout_sequences"] == ["0006R0"]
     assert augment.gamma and augment.jitter("brightness") > 0 and augment.noise > 0  # dusk/overcast light
     assert train_transforms(cfg.crop_size, (0.5,) * 3, (0.5,) * 3, cfg.scale, cfg.rotate, augment)
@@ -66,6 +66,7 @@ def test_release_script_starts_a_fresh_run_and_resumes_an_interrupted_one(tmp_pa
 @pytest.mark.parametrize("xseq_name, release_name, base", [
     ("camvid_xseq_finetune", "camvid_release_finetune", "camvid_lite0_xseq"),
     ("camvid_lite1_xseq_finetune", "camvid_lite1_release_finetune", "camvid_lite1_xseq"),
+    ("camvid_xseq_polish", "camvid_release_polish", "camvid_xseq_finetune"),
 ])
 def test_finetune_stage_is_the_same_on_the_held_out_split_and_for_the_release(xseq_name, release_name, base):
     """The stage measured with 0006R0 held out is exactly the stage that makes the release."""
@@ -97,7 +98,7 @@ def test_distillation_pair_is_the_finetune_stage_with_teachers_of_its_own_split(
     never saw 0006R0 while the release run's are their train+val twins."""
     for name, plain_name in (("camvid_xseq_distill", "camvid_xseq_finetune"),
                              ("camvid_release_distill", "camvid_release_finetune")):
-        raw, cfg, _ = recipe(name)
+        raw, _cfg, _ = recipe(name)
         plain = recipe(plain_name)[0]
         differ = {k for k in raw.keys() | plain.keys() if raw.get(k) != plain.get(k)}
         assert differ == {"teachers", "distill_weight", "distill_temperature", "out_dir"}
@@ -113,3 +114,10 @@ def test_distillation_pair_is_the_finetune_stage_with_teachers_of_its_own_split(
                for n in ("camvid_xseq_finetune", "camvid_lite1_xseq"))
     twins = {recipe(n)[1].out_dir for n in ("camvid_release_finetune", "camvid_lite1_release")}
     assert {str(Path(t).parent) for t in release_teachers} == twins
+
+
+def test_released_stage_starts_from_the_weights_bundled_before_it():
+    """The short stage's release twin continues the previous release's run, as its held-out twin continues
+    that release's cross-sequence twin."""
+    previous = recipe("camvid_release_finetune")[1].out_dir
+    assert recipe("camvid_release_polish")[1].init_weights == f"{previous}/last.safetensors"
