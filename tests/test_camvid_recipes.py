@@ -121,3 +121,30 @@ def test_released_stage_starts_from_the_weights_bundled_before_it():
     that release's cross-sequence twin."""
     previous = recipe("camvid_release_finetune")[1].out_dir
     assert recipe("camvid_release_polish")[1].init_weights == f"{previous}/last.safetensors"
+
+
+
+def test_tail_split_benchmark_reruns_the_xseq_chain_with_0001tps_later_frames_held_out(camvid_root):
+    """benchmarks/camvid_tail_split.py: every stage is a shipped cross-sequence recipe with only the split, its
+    run folder and its inputs swapped, and the split holds out 0006R0 plus 0001TP after frame 007920."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tails", CONFIGS.parent / "benchmarks" / "camvid_tail_split.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = Path("R")
+    for name, recipe_name, start, teachers in bench.STAGES:
+        command = bench.stage_command(runs, "DATA", name, recipe_name, start, teachers)
+        raw, cfg, _ = recipe(recipe_name)
+        assert cfg.val_split == "holdout" and raw["dataset_options"]["holdout_sequences"] == ["0006R0"]
+        options = yaml.safe_load(command[command.index("--set") + 1].split("=", 1)[1])
+        assert options == {**raw["dataset_options"], "holdout_tails": {"0001TP": 0.33}}
+        assert command[command.index("--resume") + 1] == "auto"
+        assert (f"init_weights=R/{start}/last.safetensors" in command) == bool(start) == bool(cfg.init_weights)
+        assert bool(teachers) == bool(cfg.teachers)
+    train = build_dataset("camvid", camvid_root, "train+val", **bench.SPLIT)
+    held = build_dataset("camvid", camvid_root, "holdout", **bench.SPLIT)
+    assert {s: len(i) for s, i in group_by_sequence(train).items()} == {"0001TP": 42, "0016E5": 305}
+    assert {s: len(i) for s, i in group_by_sequence(held).items()} == {"0001TP": 20, "0006R0": 101}
+    assert max(p.stem for p, _ in train.pairs if p.stem.startswith("0001TP")) == "0001TP_007920"
+    assert min(p.stem for p, _ in held.pairs) == "0001TP_007950"

@@ -81,12 +81,37 @@ def test_train_plus_val_merges_and_holds_out_from_both(camvid_like):
 def test_bad_sequence_options_name_the_problem(camvid_like):
     with pytest.raises(PSPNetError, match=r"sequences \['Seq05VD'\] are not in this split; it has 0001TP \(2\)"):
         build_dataset("camvid", camvid_like, "holdout", holdout_sequences=["Seq05VD"])
-    with pytest.raises(PSPNetError, match="needs holdout_sequences"):
+    with pytest.raises(PSPNetError, match="needs holdout_sequences or holdout_tails"):
         build_dataset("camvid", camvid_like, "holdout")
     with pytest.raises(PSPNetError, match="no image/mask pairs left"):
         build_dataset("camvid", camvid_like, "val", holdout_sequences=["0016E5"])
     with pytest.raises(PSPNetError, match="takes no options"):
         build_dataset("camvid", camvid_like, "val", holdout_sequences=["0016E5"], num_classes=3)
+
+
+def test_holdout_tails_hold_out_a_drives_later_frames(camvid_like):
+    """The last fraction of a drive, by frame number, is held out with the whole held-out drives; training keeps
+    the start of that drive, and the cut is the same for train and train+val."""
+    options = {"holdout_sequences": ["0006R0"], "holdout_tails": {"0016E5": 0.5}, "holdout_from": "train+val"}
+    held = build_dataset("camvid", camvid_like, "holdout", **options)
+    assert sequences(held) == {"0006R0": 3, "0016E5": 3}
+    # 0016E5 in train+val, by name: train00000..00003 then val00000..00001; the last three are held out
+    assert sorted(Path(p).stem for p, _ in held.pairs if "0016E5" in str(p)) == [
+        "0016E5_train00003", "0016E5_val00000", "0016E5_val00001"]
+    for split, left in (("train+val", {"0001TP": 2, "0016E5": 3}), ("train", {"0001TP": 2, "0016E5": 3})):
+        kept = build_dataset("camvid", camvid_like, split, **options)
+        assert sequences(kept) == left
+        assert not {p for p, _ in kept.pairs} & {p for p, _ in held.pairs}
+    assert sequences(build_dataset("camvid", camvid_like, "holdout", holdout_tails={"0016E5": 0.25})) == {"0016E5": 1}
+
+
+def test_bad_holdout_tails_name_the_problem(camvid_like):
+    with pytest.raises(PSPNetError, match="holdout_tails names sequence 'Seq05VD'"):
+        build_dataset("camvid", camvid_like, "holdout", holdout_tails={"Seq05VD": 0.5})
+    with pytest.raises(PSPNetError, match="0 < f < 1"):
+        build_dataset("camvid", camvid_like, "train", holdout_tails={"0016E5": 1.0})
+    with pytest.raises(PSPNetError, match="both parts need at least one frame"):
+        build_dataset("camvid", camvid_like, "train", holdout_tails={"0001TP": 0.1})
 
 
 def test_leave_one_sequence_out_rotates_every_drive(camvid_like):

@@ -26,7 +26,7 @@ DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
 }
 TAKES_OPTIONS = {"folder", "list", "medical"}
 # options every layout takes: hold out whole sequences (see ``datasets.build_split``)
-SEQUENCE_OPTIONS = ("holdout_sequences", "holdout_from", "sequence_pattern")
+SEQUENCE_OPTIONS = ("holdout_sequences", "holdout_from", "holdout_tails", "sequence_pattern")
 
 
 def build_dataset(name: str, root: str | Path, split: str, transform: Callable | None = None,

@@ -16,7 +16,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -469,8 +469,31 @@ def merge(datasets: Sequence[SegmentationDataset]) -> SegmentationDataset:
     return with_pairs(first, pairs)
 
 
+def tail_cuts(dataset: SegmentationDataset, tails: Mapping[str, float], pattern: str = SEQUENCE_PATTERN
+              ) -> dict[str, str]:
+    """Sequence -> the file stem where its held-out tail starts: the last ``fraction`` of its frames in name order
+    (frame numbers), so a drive's later footage is held out the way a test split continues a trained-on drive."""
+    groups = group_by_sequence(dataset, pattern)
+    cuts = {}
+    for seq, fraction in tails.items():
+        seq = str(seq)
+        if seq not in groups:
+            raise PSPNetError(f"{dataset.root}: holdout_tails names sequence {seq!r}, which is not in this split; it "
+                              f"has {', '.join(f'{s} ({len(i)})' for s, i in groups.items())}")
+        if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise PSPNetError(f"holdout_tails[{seq!r}] = {fraction!r}: expected a fraction of the frames, 0 < f < 1")
+        stems = sorted(Path(dataset.pairs[i][0]).stem for i in groups[seq])
+        n_held = round(fraction * len(stems))
+        if not 0 < n_held < len(stems):
+            raise PSPNetError(f"holdout_tails[{seq!r}] = {fraction}: of its {len(stems)} frames it would hold out "
+                              f"{n_held}; both parts need at least one frame")
+        cuts[seq] = stems[-n_held]
+    return cuts
+
+
 def build_split(builder: Callable[[str], SegmentationDataset], split: str,
                 holdout_sequences: Sequence[str] | None = None, holdout_from: str = "train",
+                holdout_tails: Mapping[str, float] | None = None,
                 sequence_pattern: str = SEQUENCE_PATTERN) -> SegmentationDataset:
     """A split spec over one layout: ``train``, ``train+val`` (merged), or ``holdout``.
 
@@ -478,6 +501,8 @@ def build_split(builder: Callable[[str], SegmentationDataset], split: str,
     held-out drive, and the split named ``holdout`` is exactly those frames, taken from ``holdout_from``
     (itself a spec such as ``train+val``). One ``dataset_options`` dict therefore gives the trainer
     train-minus-held-out for ``train_split`` and the held-out drives for ``val_split: holdout``.
+    ``holdout_tails`` ({sequence: fraction}) also holds out the last fraction of a drive's frames (cut where
+    ``holdout_from`` puts it), for a test split that continues a drive the training has the start of.
     """
     def base(spec: str) -> SegmentationDataset:
         parts = [spec] if Path(spec).exists() else [s.strip() for s in spec.split("+")]  # a list file's path stays whole
@@ -489,12 +514,22 @@ def build_split(builder: Callable[[str], SegmentationDataset], split: str,
     if isinstance(holdout_sequences, str):
         holdout_sequences = [holdout_sequences]
     held = [str(s) for s in holdout_sequences or ()]
+    source = base(holdout_from) if split == HOLDOUT_SPLIT or holdout_tails else None
+    cuts = tail_cuts(source, holdout_tails, sequence_pattern) if holdout_tails else {}
+
+    def in_tail(image: Path) -> bool:
+        seq = sequence_of(image, sequence_pattern)
+        return seq in cuts and Path(image).stem >= cuts[seq]
+
     if split == HOLDOUT_SPLIT:
-        if not held:
-            raise PSPNetError(f"split {HOLDOUT_SPLIT!r} needs holdout_sequences (the sequences to validate on)")
-        return select_sequences(base(holdout_from), keep=held, pattern=sequence_pattern)
+        if not held and not cuts:
+            raise PSPNetError(f"split {HOLDOUT_SPLIT!r} needs holdout_sequences or holdout_tails (what to validate on)")
+        drives = set(select_sequences(source, keep=held, pattern=sequence_pattern).pairs) if held else set()
+        return with_pairs(source, [p for p in source.pairs if p in drives or in_tail(p[0])])
     dataset = base(split)
-    return select_sequences(dataset, drop=held, pattern=sequence_pattern) if held else dataset
+    if held:
+        dataset = select_sequences(dataset, drop=held, pattern=sequence_pattern)
+    return with_pairs(dataset, [p for p in dataset.pairs if not in_tail(p[0])]) if cuts else dataset
 
 
 def leave_one_sequence_out(dataset: SegmentationDataset, pattern: str = SEQUENCE_PATTERN
