@@ -69,10 +69,10 @@ def main() -> None:
 
     print("\nfp32 mIoU on the frames no stage trained on: 0006R0 (101) and 0001TP 007950-008520 (20)")
     print(f"{'model':<16} {'0006R0':>7} {'0001TP':>7} {'all':>7}")
-    for name in RESULTS:
-        model = PSPNet.from_pretrained(weights(args.runs, name), aux=False).eval()
-        held = build_dataset("camvid", args.data_root, "holdout",
-                             eval_transforms(model.config["mean"], model.config["std"]), **SPLIT)
+    models = {name: PSPNet.from_pretrained(weights(args.runs, name), aux=False).eval() for name in RESULTS}
+    first = models[RESULTS[0]].config  # every result is the Lite0 student: one normalisation, one dataset
+    held = build_dataset("camvid", args.data_root, "holdout", eval_transforms(first["mean"], first["std"]), **SPLIT)
+    for name, model in models.items():
         result = evaluate_by_sequence(model, held, model.num_classes, precision="fp32", progress=False,
                                       class_names=model.class_names)
         print(f"{name:<16} {100 * result.sequences['0006R0'].miou:7.2f} {100 * result.sequences['0001TP'].miou:7.2f} "
