@@ -62,6 +62,10 @@ EARLIER_FITS = {
     "runs/camvid_release_finetune/last.safetensors": "the weights bundled from commit 37f5af6: "
                                                      "configs/camvid_release_finetune.yaml, 1200 iterations on "
                                                      "train+val from the three-stage recipe's result",
+    "runs/camvid_release_distill/last.safetensors": "configs/camvid_release_distill.yaml: 1200 iterations on "
+                                                    "train+val from the three-stage recipe's result, distilled from "
+                                                    "the weights bundled from 37f5af6 and a Lite1 model "
+                                                    "(configs/camvid_lite1_release.yaml)",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "

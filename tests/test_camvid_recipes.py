@@ -67,6 +67,7 @@ def test_release_script_starts_a_fresh_run_and_resumes_an_interrupted_one(tmp_pa
     ("camvid_xseq_finetune", "camvid_release_finetune", "camvid_lite0_xseq"),
     ("camvid_lite1_xseq_finetune", "camvid_lite1_release_finetune", "camvid_lite1_xseq"),
     ("camvid_xseq_polish", "camvid_release_polish", "camvid_xseq_finetune"),
+    ("camvid_xseq_distill_polish", "camvid_release_distill_polish", "camvid_xseq_distill"),
 ])
 def test_finetune_stage_is_the_same_on_the_held_out_split_and_for_the_release(xseq_name, release_name, base):
     """The stage measured with 0006R0 held out is exactly the stage that makes the release."""
@@ -117,10 +118,11 @@ def test_distillation_pair_is_the_finetune_stage_with_teachers_of_its_own_split(
 
 
 def test_released_stage_starts_from_the_weights_bundled_before_it():
-    """The short stage's release twin continues the previous release's run, as its held-out twin continues
-    that release's cross-sequence twin."""
+    """Each short stage's release twin continues the release run its held-out twin's start is the twin of."""
     previous = recipe("camvid_release_finetune")[1].out_dir
     assert recipe("camvid_release_polish")[1].init_weights == f"{previous}/last.safetensors"
+    distilled = recipe("camvid_release_distill")[1].out_dir
+    assert recipe("camvid_release_distill_polish")[1].init_weights == f"{distilled}/last.safetensors"
 
 
 
