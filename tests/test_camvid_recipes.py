@@ -117,8 +117,8 @@ def test_distillation_pair_is_the_finetune_stage_with_teachers_of_its_own_split(
     assert {str(Path(t).parent) for t in release_teachers} == twins
 
 
-def test_released_stage_starts_from_the_weights_bundled_before_it():
-    """Each short stage's release twin continues the release run its held-out twin's start is the twin of."""
+def test_short_stage_release_twin_starts_from_the_twin_of_its_held_out_start():
+    """Each short stage's release twin starts from the release twin of the run its held-out twin starts from."""
     previous = recipe("camvid_release_finetune")[1].out_dir
     assert recipe("camvid_release_polish")[1].init_weights == f"{previous}/last.safetensors"
     distilled = recipe("camvid_release_distill")[1].out_dir
