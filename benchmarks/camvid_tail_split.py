@@ -6,10 +6,11 @@ The CamVid test split is 171 frames of a drive no split here has (Seq05VD) and 6
 0001TP after the 62 in train. The cross-sequence recipes hold out drive 0006R0, which stands in for the first;
 the releases stand in for the second with a rule (at most 1 point lost on 0001TP's training frames). This
 script measures the second instead: it reruns the cross-sequence chain (the Lite0 stage, the fine-tuning stage,
-the Lite1 teacher, the distilled stage, the short stage after each) on a split that also holds out 0001TP's
+the Lite1 teacher, the distilled stage, the short stage after each, then the self-distillation stage whose teacher
+reads crops enlarged 1.5x) on a split that also holds out 0001TP's
 later third (frames 007950-008520, ``holdout_tails``), then prints every end model's fp32 mIoU on 0006R0 and on
 those frames. Each stage is ``pspnet train --resume auto`` on the shipped recipe with the split swapped in, so
-an interrupted chain carries on where it stopped; about 4 hours on 2 CPU cores.
+an interrupted chain carries on where it stopped; about 4.5 hours on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ STAGES = (
     ("distill", "camvid_xseq_distill", "lite0", ("finetune", "lite1")),
     ("finetune_short", "camvid_xseq_polish", "finetune", ()),
     ("distill_short", "camvid_xseq_polish", "distill", ()),
+    ("selfdistill", "camvid_xseq_selfdistill", "distill_short", ("distill_short",)),
 )
-RESULTS = ("finetune", "distill", "finetune_short", "distill_short")
+RESULTS = ("finetune", "distill", "finetune_short", "distill_short", "selfdistill")
 
 
 def weights(runs: Path, name: str) -> str:

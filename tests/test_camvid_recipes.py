@@ -125,6 +125,19 @@ def test_short_stage_release_twin_starts_from_the_twin_of_its_held_out_start():
     assert recipe("camvid_release_distill_polish")[1].init_weights == f"{distilled}/last.safetensors"
 
 
+def test_self_distillation_pair_is_taught_by_its_own_start_reading_enlarged_crops():
+    """Each twin starts from and is taught by the end of its own chain (the held-out one never saw 0006R0); the
+    teacher sees crops enlarged 1.5x, the crops are scaled around the size the model runs at."""
+    xseq, xseq_cfg, xseq_augment = recipe("camvid_xseq_selfdistill")
+    release, cfg, augment = recipe("camvid_release_selfdistill")
+    for config, start in ((xseq_cfg, "camvid_xseq_distill_polish"), (cfg, "camvid_release_distill_polish")):
+        assert config.teachers == [config.init_weights] == [f"{recipe(start)[1].out_dir}/last.safetensors"]
+        assert config.distill_scales == [1.5] and tuple(config.scale) == (0.5, 1.5)
+    assert xseq_cfg.val_split == "holdout" and xseq_cfg.dataset_options["holdout_sequences"] == ["0006R0"]
+    assert cfg.train_split == "train+val" and cfg.val_split is None and augment == xseq_augment
+    differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
+    assert differ == {"val_split", "dataset_options", "init_weights", "teachers", "out_dir", "eval_every"}
+
 
 def test_tail_split_benchmark_reruns_the_xseq_chain_with_0001tps_later_frames_held_out(camvid_root):
     """benchmarks/camvid_tail_split.py: every stage is a shipped cross-sequence recipe with only the split, its

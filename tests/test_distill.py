@@ -59,6 +59,11 @@ def test_teachers_stay_frozen_and_refuse_other_classes_naming_the_file(data, tea
     assert torch.allclose(probs.sum(1), torch.ones(2, 32, 32), atol=1e-5)
     assert torch.allclose(probs, F.softmax(student.eval()(x), 1), atol=1e-5)  # two copies average to one
 
+    enlarged = Teachers([str(teacher_file)], student, temperature=2.0, scales=[2.0])(x, "fp32")
+    by_hand = F.softmax(student(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)) / 2.0, 1)
+    assert enlarged.shape == probs.shape
+    assert torch.allclose(enlarged, F.interpolate(by_hand, (32, 32), mode="bilinear", align_corners=True), atol=1e-5)
+
     other = create_model("pspnet_test_efficientnet", num_classes=5, pretrained_backbone=False, **TINY)
     save_safetensors(other, tmp_path / "five.safetensors")
     with pytest.raises(PSPNetError, match=r"five\.safetensors: this teacher's class count is 5.*has 3"):
@@ -66,7 +71,7 @@ def test_teachers_stay_frozen_and_refuse_other_classes_naming_the_file(data, tea
 
 
 def test_a_distilled_run_learns_from_the_teacher_and_resumes_bit_identically(data, teacher_file, tmp_path):  # noqa: F811
-    kd = dict(teachers=[str(teacher_file)], distill_weight=2.0, distill_temperature=2.0)
+    kd = dict(teachers=[str(teacher_file)], distill_weight=2.0, distill_temperature=2.0, distill_scales=[1.0, 1.5])
     whole = train(tiny_config(data, tmp_path / "whole", **kd), progress=False)
     cfg = tiny_config(data, tmp_path / "split", **kd)
     train(cfg, progress=False, stop_after=3)
@@ -85,7 +90,8 @@ def test_a_distilled_run_learns_from_the_teacher_and_resumes_bit_identically(dat
 def test_distillation_options_are_checked_up_front(teacher_file):
     assert TrainConfig.from_dict({"teachers": str(teacher_file)}).teachers == [str(teacher_file)]
     for bad, match in (({"teachers": [""]}, "teachers"), ({"teachers": [3]}, "teachers"),
-                       ({"distill_weight": -1}, "distill_weight"), ({"distill_temperature": 0}, "distill_temperature")):
+                       ({"distill_weight": -1}, "distill_weight"), ({"distill_temperature": 0}, "distill_temperature"),
+                       ({"distill_scales": []}, "distill_scales"), ({"distill_scales": [8]}, "distill_scales")):
         with pytest.raises(PSPNetError, match=match):
             TrainConfig.from_dict(bad)
 

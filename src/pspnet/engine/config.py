@@ -51,6 +51,8 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    # input scales the teachers see; their answers are resized back to the crop and averaged
+    distill_scales: list[float] = field(default_factory=lambda: [1.0])
     out_dir: str = "runs/train"
     train_split: str = "train"
     val_split: str | None = "val"
@@ -141,6 +143,7 @@ RANGES: dict[str, Rule] = {
     "distill_weight": (lambda v: v >= 0, "a number >= 0"),
     "distill_temperature": (_positive, "a number > 0, e.g. 1 or 2"),
     "teachers": (lambda v: all(t.strip() for t in v), "a list of weights files, run folders or Hub ids"),
+    "distill_scales": (lambda v: len(v) >= 1 and all(0.25 <= s <= 4 for s in v), "a list of scales in [0.25, 4], e.g. [1.5]"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

@@ -134,7 +134,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
         _refuse_existing_run(out, overwrite)
     teachers = None
     if cfg.teachers and cfg.distill_weight > 0:
-        teachers = Teachers(cfg.teachers, model, cfg.distill_weight, cfg.distill_temperature)
+        teachers = Teachers(cfg.teachers, model, cfg.distill_weight, cfg.distill_temperature, cfg.distill_scales)
     if rank == 0:  # before anything is written, and after every check of the config, data and model
         _prepare_run_folder(out, clear=overwrite and ckpt is None)
 
@@ -350,8 +350,10 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
-                 + (f", + {cfg.distill_weight:g} x distillation (temperature {cfg.distill_temperature:g}) from "
-                    f"{', '.join(cfg.teachers)}" if run.teachers is not None else "")),
+                 + (f", + {cfg.distill_weight:g} x distillation (temperature {cfg.distill_temperature:g}"
+                    + (f", teachers at scales {', '.join(f'{s:g}' for s in cfg.distill_scales)}"
+                       if cfg.distill_scales != [1.0] else "")
+                    + f") from {', '.join(cfg.teachers)}" if run.teachers is not None else "")),
         ("output", str(run.out)),
     ]
 
