@@ -66,6 +66,12 @@ EARLIER_FITS = {
                                                     "train+val from the three-stage recipe's result, distilled from "
                                                     "the weights bundled from 37f5af6 and a Lite1 model "
                                                     "(configs/camvid_lite1_release.yaml)",
+    "runs/camvid_release_distill_polish/last.safetensors": "the weights bundled from commit de933b7: "
+                                                           "configs/camvid_release_distill_polish.yaml, 300 "
+                                                           "iterations at lr 0.001 on train+val after "
+                                                           "configs/camvid_release_distill.yaml (1200 iterations "
+                                                           "distilled from the weights bundled from 37f5af6 and a "
+                                                           "Lite1 model)",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
@@ -142,7 +148,7 @@ def main() -> None:
     release_ckpt = load_checkpoint(args.release_run / "last.pt")
     xseq_cfg, cfg = xseq_ckpt["train_config"], release_ckpt["train_config"]
     for key in ("model", "model_kwargs", "iterations", "batch_size", "lr", "scale", "crop_size", "augment",
-                "rare_class_sampling", "distill_weight", "distill_temperature"):
+                "rare_class_sampling", "distill_weight", "distill_temperature", "distill_scales"):
         if xseq_cfg.get(key) != cfg.get(key):
             print(f"warning: the release run's {key} ({cfg.get(key)!r}) differs from the cross-sequence run's "
                   f"({xseq_cfg.get(key)!r}): its held-out number does not describe the released model", file=sys.stderr)
@@ -214,8 +220,12 @@ def main() -> None:
     pictures, root_link = (os.path.relpath(p.absolute(), weights_dir.absolute()) for p in (docs, ROOT))
     teachers = ""
     if cfg.get("teachers") and cfg.get("distill_weight"):
+        scales = cfg.get("distill_scales", [1.0])
         teachers = (f"\n- Knowledge distillation: the loss adds {cfg['distill_weight']:g} x KL from the averaged "
-                    f"probabilities of frozen teachers (temperature {cfg['distill_temperature']:g}): release run "
+                    f"probabilities of frozen teachers (temperature {cfg['distill_temperature']:g}"
+                    + (f", the teachers reading each crop scaled {', '.join(f'{x:g}x' for x in scales)}"
+                       if scales != [1.0] else "")
+                    + "): release run "
                     f"{', '.join(f'`{t}`' for t in cfg['teachers'])}; cross-sequence run "
                     f"{', '.join(f'`{t}`' for t in xseq_cfg.get('teachers') or [])} (trained without {held}). "
                     "The teachers only run in training; their own training time is not counted below.")
