@@ -103,6 +103,14 @@ def test_skip_decoder_exports_with_dynamic_sizes(tmp_path):
     assert read_onnx_config(tmp_path / "decoder.onnx")["decoder_channels"] == 8
 
 
+def test_eval_scale_exports_with_dynamic_sizes(tmp_path):
+    """A model that reads frames enlarged (the bundled CamVid model) keeps that resize in its ONNX graph."""
+    model = tiny_model(decoder_channels=8, eval_scale=1.2)
+    report = export_onnx(model, tmp_path / "scaled.onnx", size=TRACED, check_sizes=SIZES)
+    assert all(p["max_abs_diff"] <= 1e-3 and p["argmax_agreement"] >= 0.999 for p in report["parity"]), report
+    assert read_onnx_config(tmp_path / "scaled.onnx")["eval_scale"] == 1.2
+
+
 def test_every_conv_bias_is_an_initializer(tmp_path):
     """Untrained BNs fold to equal biases, which the exporter would share through Identity nodes; the int8
     quantizer needs each bias as an initializer of its own."""

