@@ -225,3 +225,11 @@ def test_eval_scale_enlarges_the_input_in_eval_mode_only_and_round_trips(tmp_pat
     assert PSPNet.from_pretrained(tmp_path / "plain.safetensors", eval_scale=1.2).config["eval_scale"] == 1.2
     with pytest.raises(ValueError, match="eval_scale"):
         PSPNet(num_classes=3, eval_scale=0)
+    # the whole-image memory limit counts the enlargement: 9 MP read at 1.5x is 20 MP
+    from PIL import Image
+    from pspnet.errors import PSPNetError
+    from pspnet.inference.segmenter import Segmenter
+
+    with pytest.raises(PSPNetError, match="3000x3000 at scale 1.5 is above the whole-image limit"):
+        Segmenter(scaled, device="cpu", precision="fp32").check_size(Image.new("RGB", (3000, 3000)))
+    Segmenter(plain, device="cpu", precision="fp32").check_size(Image.new("RGB", (3000, 3000)))

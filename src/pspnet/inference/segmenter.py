@@ -110,7 +110,7 @@ class Segmenter:
 
     def check_size(self, image: Image.Image) -> None:
         """Refuse whole-image inference that would need more memory than the limit (only the size is read)."""
-        scale = max(self.scales)
+        scale = max(self.scales) * self.model.config.get("eval_scale", 1.0)  # the model may enlarge it too
         if self.mode == "whole" and image.width * image.height * scale**2 > MAX_WHOLE_IMAGE_PIXELS:
             at = f" at scale {scale:g}" if scale != 1 else ""
             raise PSPNetError(
