@@ -56,9 +56,9 @@ class Teachers(nn.Module):
     def forward(self, images: torch.Tensor, precision: str) -> torch.Tensor:
         """Teacher probabilities at the images' size, averaged over teachers and ``scales``.
 
-        Why scales: a CamVid model trained with scale jitter reads a frame best enlarged 1.5x (47.7 -> 49.4% on a
-        drive it never saw) but pays 2.25x the compute there; a teacher that looks at the enlarged crop hands that
-        reading to the student at the size it will run at.
+        Why scales: a model trained with scale jitter often reads frames best enlarged, at the square of the
+        factor in compute; a teacher reading enlarged crops is a way to hand that reading to a student running at
+        the frame's size. (On CamVid a 1.5x self-teacher did not: docs/sequences-and-augmentation.md.)
         """
         size = images.shape[-2:]
         probs = []
