@@ -307,3 +307,17 @@ def test_int8_needs_real_frames(exported, tmp_path):
 
     with pytest.raises(PSPNetError, match="does not exist"):
         quantize_onnx(exported[0], tmp_path / "q.onnx", tmp_path / "missing")
+
+
+def test_cached_onnx_is_made_per_eval_scale(tmp_path, monkeypatch):
+    """--backend onnxruntime --eval-scale S: an export per factor, with the resize in its graph."""
+    from pspnet.model.serialization import save_safetensors
+
+    monkeypatch.setenv("PSPNET_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "tiny.safetensors"
+    save_safetensors(tiny_model(), weights)
+    own, enlarged = cached_onnx(weights), cached_onnx(weights, 1.5)
+    assert own != enlarged and cached_onnx(weights, 1.5) == enlarged  # made once per factor
+    assert read_onnx_config(own)["eval_scale"] == 1.0 and read_onnx_config(enlarged)["eval_scale"] == 1.5
+    with pytest.raises(PSPNetError, match=r"own\.onnx|reads frames at the size fixed in its graph"):
+        cached_onnx(own.rename(tmp_path / "own.onnx"), 1.5)

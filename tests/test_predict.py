@@ -118,3 +118,39 @@ def test_labels_from_logits_equal_the_argmax_of_the_probabilities(precision):
         np.testing.assert_array_equal(labels, expected)
     seg.flip = True  # the averaged path (flip, scales, slide) still goes through the probabilities
     np.testing.assert_array_equal(seg(pil), seg.labels(seg.probs(pil)))
+
+
+def test_eval_scale_flag_reads_the_bundled_model_at_another_size(tmp_path, seg, capsys):
+    """The bundled model reads frames at 1.2x; --eval-scale 1 is its earlier reading, by CLI as by API."""
+    assert seg.model.eval_scale == 1.2
+    at_one = pspnet.Segmenter("camvid", precision="fp32", eval_scale=1.0)
+    assert at_one.model.eval_scale == 1.0 and seg.model.eval_scale == 1.2  # each loads its own copy
+    expected = at_one(SAMPLE)
+    assert (expected != seg(SAMPLE)).any()
+    out = tmp_path / "out"
+    args = ["predict", str(SAMPLE), "--out", str(out), "--precision", "fp32", "--no-progress", "--no-overlay"]
+    assert main(args) == 0
+    assert main(args + ["--eval-scale", "1"]) == 0  # another reading: redone, not skipped as unchanged
+    assert "done 1, skipped 0" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{SAMPLE.stem}.png")), expected)
+    for bad in ("0", "nan", "x"):
+        with pytest.raises(SystemExit):
+            main(args + ["--eval-scale", bad])
+        assert "--eval-scale" in capsys.readouterr().err
+    with pytest.raises(pspnet.PSPNetError, match="eval_scale applies when the Segmenter loads the model"):
+        pspnet.Segmenter(seg.model, eval_scale=1.0)
+
+
+def test_eval_flag_eval_scale_measures_that_reading(camvid_root, capsys):
+    from pspnet.engine.evaluate import evaluate_model
+
+    args = ["eval", "--dataset", "camvid", "--data-root", str(camvid_root), "--limit", "2", "--precision", "fp32",
+            "--no-progress"]
+    miou = {}
+    for scale in (None, 1.0):
+        assert main(args + ([] if scale is None else ["--eval-scale", str(scale)])) == 0
+        miou[scale] = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mIoU"))
+        by_api = evaluate_model(pspnet.load("camvid", **({} if scale is None else {"eval_scale": scale})), "camvid",
+                                camvid_root, limit=2, precision="fp32", progress=False)
+        assert f"mIoU {100 * by_api.miou:.2f}" in miou[scale]
+    assert miou[None] != miou[1.0]

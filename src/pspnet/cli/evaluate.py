@@ -48,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise PSPNetError(f"--limit {args.limit}: must be at least 1")
     resolve_device(args.device)  # a bad --device is one line, before any model loads
-    metrics = evaluate_model(model_for_backend(args.model, args.backend), args.dataset, Path(args.data_root), args.split, args.mode, args.crop,
+    metrics = evaluate_model(model_for_backend(args.model, args.backend, args.eval_scale), args.dataset,
+                             Path(args.data_root), args.split, args.mode, args.crop,
                              args.scales, args.flip, args.device, args.precision, None, args.limit,
                              not args.no_progress, backend=args.backend, threshold=args.threshold,
-                             positive=args.positive, **parse_options(args.data_opt))
+                             positive=args.positive, eval_scale=args.eval_scale if args.backend == "torch" else None,
+                             **parse_options(args.data_opt))
     print(metrics.table())
     if args.out:
         print("wrote " + ", ".join(str(path) for path in write_report(metrics, args.out)))

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
                             alpha=args.alpha)
     options = {"model": _model_identity(args.model), "device": args.device, "precision": args.precision,
                "backend": args.backend, "mode": args.mode, "crop": args.crop, "scales": args.scales,
-               "flip": args.flip, **{k: v for k, v in _label_options(args).items() if v is not None}}
+               "flip": args.flip, "eval_scale": args.eval_scale,
+               **{k: v for k, v in _label_options(args).items() if v is not None}}
     plan, fingerprint = prepare(items, args.out, outputs, options, overwrite=args.overwrite, stdin=stdin)
     if args.engine == "ray":
         if stdin:
@@ -141,8 +142,10 @@ def _predict_volumes(volumes: list[Path], seg_kwargs: dict, args: argparse.Names
 
 
 def _model_identity(model: str) -> str:
-    """The model name, or for a file its path, size and mtime: a changed weights file redoes the outputs."""
-    path = Path(model)
+    """For a file (a bundled model's too) its path, size and mtime: changed weights redo the outputs; else the name."""
+    from pspnet.model.bundled import BUNDLED, WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / BUNDLED[model] if model in BUNDLED else Path(model)
     if path.is_dir() and not (path / "model.safetensors").is_file():  # a training run: the weights it serves
         from pspnet.model.hub import run_weights
 

@@ -69,7 +69,9 @@ class Teachers(nn.Module):
                 logits = [model(x) for model in self.models]
             for y in logits:
                 p = F.softmax(y.float() / self.temperature, dim=1)
-                probs.append(p if s == 1.0 else F.interpolate(p, size, mode="bilinear", align_corners=self.align_corners))
+                if s != 1.0:
+                    p = F.interpolate(p, size, mode="bilinear", align_corners=self.align_corners)
+                probs.append(p)
         return torch.stack(probs).mean(0)
 
     def loss(self, images: torch.Tensor, student_logits: torch.Tensor, masks: torch.Tensor,

@@ -64,10 +64,11 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                    flip: bool = False, device: str = "auto", precision: str = "auto",
                    out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
                    backend: str = "torch", threshold: float | None = None, positive: int = 1,
-                   **dataset_options) -> Metrics:
+                   eval_scale: float | None = None, **dataset_options) -> Metrics:
     """Evaluate a model (a PSPNet, a weights path, a bundled name or an .onnx file) on a dataset split; with
     ``out_dir`` also write metrics.json, per_class_iou.png, confusion_matrix.png (and pr_curve.png for two
-    classes) there. ``threshold``/``positive``: see ``evaluate``.
+    classes) there. ``threshold``/``positive``: see ``evaluate``. ``eval_scale`` overrides the model's own when
+    ``model`` is a name or path the torch backend loads.
 
     ``backend="onnxruntime"`` measures the deployed ONNX graph itself (an .onnx file: export others first, e.g.
     with ``pspnet.export.onnx.cached_onnx``)."""
@@ -83,7 +84,7 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     if uses_onnxruntime(model, backend):
         model, device, precision = OrtModel(model), "cpu", "fp32"
     elif isinstance(model, (str, Path)):
-        model = load(model)
+        model = load(model, **({} if eval_scale is None else {"eval_scale": eval_scale}))
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     ds = build_dataset(dataset, data_root, split, eval_transforms(model.config["mean"], model.config["std"]),

@@ -154,13 +154,16 @@ def parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int
     return results
 
 
-def cached_onnx(model: str | Path) -> Path:
+def cached_onnx(model: str | Path, eval_scale: float | None = None) -> Path:
     """An exported copy of a bundled model or weights file, made once and kept in the user cache.
 
     Lets ``--backend onnxruntime`` take the same ``--model`` values as the torch backend; .onnx
-    files are returned as they are.
+    files are returned as they are. ``eval_scale`` overrides the model's own (the resize is in the graph).
     """
     if Path(model).suffix == ".onnx":
+        if eval_scale is not None:
+            raise PSPNetError(f"{model}: an .onnx file reads frames at the size fixed in its graph; export the "
+                              "weights again with --eval-scale instead")
         return Path(model)
     name = str(model)
     source = WEIGHTS_DIR / BUNDLED[name] if name in BUNDLED else Path(name)
@@ -170,11 +173,11 @@ def cached_onnx(model: str | Path) -> Path:
         raise PSPNetError(f"{name}: the onnxruntime backend takes an .onnx file, a bundled model name, a weights file "
                           "or a model folder")
     stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{eval_scale}".encode()).hexdigest()[:12]
     base = Path(os.environ.get("PSPNET_CACHE") or Path.home() / ".cache" / "pspnet") / "onnx"
     target = base / f"{source.stem}-{key}.onnx"
     if not target.is_file():
         base.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as part:
-            export_onnx(name, part, check=False)
+            export_onnx(name if eval_scale is None else load(name, eval_scale=eval_scale), part, check=False)
     return target

@@ -68,11 +68,17 @@ class Segmenter:
     def __init__(self, model: str | Path | PSPNet = "camvid", device: str = "auto", precision: str = "auto",
                  mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                  flip: bool = False, backend: str = "torch", batch_size: int = 4, threshold: float | None = None,
-                 positive: int = 1, mask_values: Sequence[int] | str | None = None):
+                 positive: int = 1, mask_values: Sequence[int] | str | None = None,
+                 eval_scale: float | None = None):
         """``threshold``: two-class models label ``positive`` where its probability >= threshold (else argmax).
         ``mask_values``: the stored value of each class for written masks (default: the model config's, e.g.
-        [0, 255] for a model trained on 0/255 masks; None there, or ``"ids"``, means class ids)."""
+        [0, 255] for a model trained on 0/255 masks; None there, or ``"ids"``, means class ids).
+        ``eval_scale``: read frames enlarged by this factor instead of the model's own ``eval_scale`` (a model
+        given by name or path; a PSPNet instance or an .onnx file keeps its own)."""
         check_mode(mode, crop)  # before loading a model
+        if eval_scale is not None and (isinstance(model, PSPNet) or uses_onnxruntime(model, backend)):
+            raise PSPNetError("eval_scale applies when the Segmenter loads the model: pass a name or weights path, "
+                              "or load it with PSPNet.from_pretrained(..., eval_scale=S) / export it with --eval-scale")
         if uses_onnxruntime(model, backend):
             self.model: Any = OrtModel(model, device=device)
             self.device = torch.device("cpu")
@@ -80,7 +86,8 @@ class Segmenter:
             self._net: Any = self.model
         else:
             self.device = resolve_device(device)
-            self.model = model if isinstance(model, PSPNet) else load(model)
+            self.model = model if isinstance(model, PSPNet) else load(
+                model, **({} if eval_scale is None else {"eval_scale": eval_scale}))
             self.model.eval().to(self.device)
             self.precision = resolve_precision(precision, self.device)
             # What runs is a BN-folded channels_last copy: 2x faster on CPUs with identical labels; bf16/fp16
