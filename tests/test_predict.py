@@ -154,3 +154,13 @@ def test_eval_flag_eval_scale_measures_that_reading(camvid_root, capsys):
                                 camvid_root, limit=2, precision="fp32", progress=False)
         assert f"mIoU {100 * by_api.miou:.2f}" in miou[scale]
     assert miou[None] != miou[1.0]
+
+
+def test_a_bundled_models_outputs_are_redone_when_its_file_changes():
+    """The skip-if-unchanged fingerprint names the bundled weights file (size, mtime), not just 'camvid':
+    outputs of an earlier release are not kept as current after an upgrade."""
+    from pspnet.cli.predict import _model_identity
+    from pspnet.model.bundled import WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / "camvid.safetensors"
+    assert _model_identity("camvid") == f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
