@@ -252,8 +252,8 @@ def main() -> None:
                    f"cross-sequence weights score {100 * own_size.overall.miou:.2f}% on {held} at the frame's own size. "
                    "The factor was chosen on the held-out drive as the largest that kept the default path under "
                    "60 ms here, and checked on a second split that also holds out 0001TP's later frames "
-                   "(docs/sequences-and-augmentation.md). `PSPNet.from_pretrained(..., eval_scale=1.0)` reads "
-                   "frames at their own size.")
+                   "(docs/sequences-and-augmentation.md). `--eval-scale 1` (predict, eval, serve, export) or "
+                   "`pspnet.load(\"camvid\", eval_scale=1.0)` reads frames at their own size.")
     card = f"""# Model card: `camvid` (bundled)
 
 PSPNet with an ImageNet-pretrained {family} backbone, output stride {os_}{", and a skip decoder at 1/4" if dec else ""}, trained on CamVid
