@@ -56,9 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise PSPNetError("--int8 needs --calib FOLDER with real frames (ranges from noise would be wrong)")
     from pspnet.model.bundled import load
 
-    model = args.model if args.eval_scale is None else load(args.model, eval_scale=args.eval_scale)
-    report = export_onnx(model, args.out, size=args.size, opset=args.opset, exporter=args.exporter,
-                         fold_bn=not args.no_fold_bn, check=not args.no_check)
+    report = export_onnx(load(args.model, args.eval_scale), args.out, size=args.size, opset=args.opset,
+                         exporter=args.exporter, fold_bn=not args.no_fold_bn, check=not args.no_check)
     if args.int8:
         from pspnet.export.quantize import compare_on_frames, quantize_onnx
 

@@ -47,7 +47,7 @@ class Teachers(nn.Module):
             models.append(teacher.eval().requires_grad_(False))
         self.models = nn.ModuleList(models)
         self.weight, self.temperature, self.scales = weight, temperature, tuple(scales)
-        self.align_corners = bool(student.config.get("align_corners", True))
+        self.align_corners = student.align_corners
 
     def train(self, mode: bool = True) -> "Teachers":
         return super().train(False)  # batch norm keeps its running statistics: a teacher never changes

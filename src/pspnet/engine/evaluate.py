@@ -84,7 +84,7 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     if uses_onnxruntime(model, backend):
         model, device, precision = OrtModel(model), "cpu", "fp32"
     elif isinstance(model, (str, Path)):
-        model = load(model, **({} if eval_scale is None else {"eval_scale": eval_scale}))
+        model = load(model, eval_scale)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     ds = build_dataset(dataset, data_root, split, eval_transforms(model.config["mean"], model.config["std"]),

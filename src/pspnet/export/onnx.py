@@ -179,5 +179,5 @@ def cached_onnx(model: str | Path, eval_scale: float | None = None) -> Path:
     if not target.is_file():
         base.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as part:
-            export_onnx(name if eval_scale is None else load(name, eval_scale=eval_scale), part, check=False)
+            export_onnx(load(name, eval_scale), part, check=False)
     return target

@@ -86,8 +86,7 @@ class Segmenter:
             self._net: Any = self.model
         else:
             self.device = resolve_device(device)
-            self.model = model if isinstance(model, PSPNet) else load(
-                model, **({} if eval_scale is None else {"eval_scale": eval_scale}))
+            self.model = model if isinstance(model, PSPNet) else load(model, eval_scale)
             self.model.eval().to(self.device)
             self.precision = resolve_precision(precision, self.device)
             # What runs is a BN-folded channels_last copy: 2x faster on CPUs with identical labels; bf16/fp16

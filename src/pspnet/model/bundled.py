@@ -15,8 +15,12 @@ BUNDLED: dict[str, str] = {
 }
 
 
-def load(model: str | Path = "camvid", **overrides) -> PSPNet:
-    """A bundled model by name, or anything ``PSPNet.from_pretrained`` takes (file, folder, Hub id)."""
+def load(model: str | Path = "camvid", eval_scale: float | None = None, **overrides) -> PSPNet:
+    """A bundled model by name, or anything ``PSPNet.from_pretrained`` takes (file, folder, Hub id).
+
+    ``eval_scale`` replaces the model's own reading factor; None keeps it."""
+    if eval_scale is not None:
+        overrides["eval_scale"] = eval_scale
     name = str(model)
     if name in BUNDLED:
         path = WEIGHTS_DIR / BUNDLED[name]
