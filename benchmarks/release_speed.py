@@ -45,12 +45,12 @@ def lraspp() -> Callable[[np.ndarray], object]:
 
 
 def previous_path() -> Callable[[np.ndarray], object]:
-    """The bundled model as Segmenter ran it before: fp32 weights under bf16 autocast, labels from the
-    probabilities (same labels, bit for bit; tests/test_predict.py and tests/test_export.py check it)."""
+    """The bundled model as Segmenter ran it before 2026-11-30: timm's stride-2 convs padding their input with
+    F.pad (same labels, bit for bit; tests/test_export.py checks the two paths agree)."""
     seg = Segmenter("camvid", precision="auto")
     seg._net = fast_model(seg.model, FastPath(seg.precision, seg.precision, fold_bn=True, channels_last=True,
-                                              fp32_stem=True, precast=False), seg.device)
-    return lambda frame: seg.labels(seg.probs(frame))
+                                              fp32_stem=True), seg.device)
+    return seg
 
 
 def main() -> None:
@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed calls of each model (after 3 warm-up rounds)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--previous-path", action="store_true",
-                        help="also time the bundled weights through the default path as it was before 2026-11-29 "
-                             "(fp32 weights re-cast by autocast on every call; softmax, then NumPy's argmax)")
+                        help="also time the bundled weights through the default path as it was before 2026-11-30 "
+                             "(timm's TF 'same' padding: F.pad before each stride-2 conv)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")

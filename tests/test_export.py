@@ -191,6 +191,44 @@ def test_fast_fp32_path_equals_eager(model):
         torch.testing.assert_close(fast_call(fast_model(model, path), x, path), model(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel, size", [(3, (64, 80)), (3, (65, 81)), (5, (64, 81)), (5, (7, 6)), (3, (1, 2))])
+def test_zero_tap_same_conv_equals_timms_padded_conv(kernel, size):
+    """TF "same" padding as zero kernel taps: the windows timm's Conv2dSame gets by padding the input."""
+    from timm.layers import Conv2dSame
+
+    from pspnet.inference.fast import ZeroTapSameConv
+
+    torch.manual_seed(0)
+    for groups, bias in ((8, False), (1, True)):
+        timm_conv = Conv2dSame(8, 8, kernel, stride=2, groups=groups, bias=bias)
+        conv = ZeroTapSameConv(8, 8, kernel, stride=2, groups=groups, bias=bias)
+        conv.load_state_dict(timm_conv.state_dict())
+        x = torch.randn(2, 8, *size).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x), timm_conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_zero_tap_same_path_swaps_every_tf_same_conv_and_keeps_the_labels():
+    from timm.layers import Conv2dSame
+
+    from pspnet.inference.fast import ZeroTapSameConv
+
+    torch.manual_seed(0)
+    model = create_model("pspnet_tf_efficientnet_lite0", num_classes=3, output_stride=16, head_channels=16,
+                         aux_channels=8, decoder_channels=8).eval()
+    assert sum(isinstance(m, Conv2dSame) for m in model.modules()) == 4  # the stem and three stride-2 blocks
+    plain = FastPath("fp32 fold+NHWC", fold_bn=True, channels_last=True)
+    taps = FastPath("fp32 fold+NHWC taps", fold_bn=True, channels_last=True, zero_tap_same=True)
+    net = fast_model(model, taps)
+    assert sum(isinstance(m, ZeroTapSameConv) for m in net.modules()) == 4
+    assert not any(isinstance(m, Conv2dSame) for m in net.modules())
+    assert any(isinstance(m, Conv2dSame) for m in model.modules())  # the model given is left alone
+    for size in ((64, 96), (67, 93)):
+        x = torch.randn(1, 3, *size)
+        expected = fast_call(fast_model(model, plain), x, plain)
+        torch.testing.assert_close(fast_call(net, x, taps), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_fp32_stem_keeps_the_half_resolution_convs_in_fp32(model):
     from pspnet.inference.fast import Float32, high_resolution_convs
 

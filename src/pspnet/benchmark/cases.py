@@ -12,7 +12,7 @@ import importlib
 import importlib.util
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -92,18 +92,18 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 def torch_paths(device: torch.device, compile: bool = False) -> list[FastPath]:
     """The PyTorch paths worth timing on ``device``; bf16 only where it is native, fp16 only on CUDA."""
-    fastpaths = [FastPath("fp32 eager"), FastPath("fp32 fold+NHWC", fold_bn=True, channels_last=True)]
+    fast = {"fold_bn": True, "channels_last": True, "zero_tap_same": True}
+    fastpaths = [FastPath("fp32 eager"), FastPath("fp32 fold+NHWC", **fast)]
     if native_bf16(device):
-        fastpaths += [FastPath("bf16 autocast fold+NHWC", "bf16", True, True),
-                      FastPath("bf16 weights fold+NHWC", "bf16", True, True, cast_weights=True),
-                      FastPath("bf16 fp32-stem fold+NHWC", "bf16", True, True, fp32_stem=True)]
+        fastpaths += [FastPath("bf16 autocast fold+NHWC", "bf16", **fast),
+                      FastPath("bf16 weights fold+NHWC", "bf16", cast_weights=True, **fast),
+                      FastPath("bf16 fp32-stem fold+NHWC", "bf16", fp32_stem=True, **fast)]
     if device.type == "cuda":
-        fastpaths += [FastPath("fp16 weights fold+NHWC", "fp16", True, True, cast_weights=True),
-                      FastPath("fp16 fp32-stem fold+NHWC", "fp16", True, True, fp32_stem=True)]
+        fastpaths += [FastPath("fp16 weights fold+NHWC", "fp16", cast_weights=True, **fast),
+                      FastPath("fp16 fp32-stem fold+NHWC", "fp16", fp32_stem=True, **fast)]
     if compile:
         best = fastpaths[-1]
-        fastpaths.append(FastPath(f"compile {best.name}", best.precision, True, True, fp32_stem=best.fp32_stem,
-                                  compile=True))
+        fastpaths.append(replace(best, name=f"compile {best.name}", compile=True))
     return fastpaths
 
 

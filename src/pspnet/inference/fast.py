@@ -15,6 +15,10 @@ What each step buys on a CPU:
   block) in fp32 under bf16 autocast: rounding them to bf16 moved 0.43% of the bundled CamVid
   model's labels on CamVid val (0.19% with this), for about 5% more time; they are about 1% of
   PSPNet-R50's FLOPs. (With bf16 weights the model moves 0.43% again: not what Segmenter runs.)
+- ``zero_tap_same``: timm's TF-ported models (``tf_efficientnet_lite*``) pad the input of each stride-2 conv
+  with F.pad, one pixel more at the end than at the start, which Conv2d's symmetric padding cannot say. That
+  copy, and oneDNN's slower kernel for the odd-sized padded input, took 30% of the bundled model's time. The
+  same windows come from one zero tap at the start of the kernel and symmetric padding: same sums, no copy.
 - torch.compile (Inductor, with freezing) fuses the elementwise tails and prepacks weights; it
   pays when the model is called many times at one input size: compiling takes about 25 s for
   PSPNet-R50 on two cores, and every new size compiles again.
@@ -27,6 +31,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pspnet.errors import PSPNetError
@@ -45,6 +50,7 @@ class FastPath:
     cast_weights: bool = False  # run the whole model in ``precision`` instead of autocast
     fp32_stem: bool = False  # with autocast: convs at >= 1/2 resolution stay fp32 (see the module docstring)
     precast: bool = True  # with autocast: store the conv weights in ``precision`` once (identical results)
+    zero_tap_same: bool = False  # TF "same" padding as zero kernel taps (identical results)
     compile: bool = False
 
     @property
@@ -62,6 +68,40 @@ class Float32(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return self.module(x.float())
+
+
+class ZeroTapSameConv(nn.Conv2d):
+    """A stride-s conv with TensorFlow's "same" padding, without padding the input (see the module docstring).
+
+    TF pads ``total // 2`` before and the rest after. Where those differ by one, a zero row (column) of taps
+    at the start of the kernel and ``after`` on both sides give exactly TF's windows. Undilated only: with
+    dilation d a tap is d pixels wide.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding, taps = [], []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            padding.append(total - total // 2)
+            taps.append(total % 2)
+        weight = F.pad(self.weight, (taps[1], 0, taps[0], 0)) if any(taps) else self.weight
+        return F.conv2d(x, weight, self.bias, self.stride, tuple(padding), 1, self.groups)
+
+
+def use_zero_tap_same(net: nn.Module) -> int:
+    """Swap timm's ``Conv2dSame`` (undilated) for ``ZeroTapSameConv`` in place, weights shared; returns how many."""
+    from timm.layers import Conv2dSame
+
+    swapped = 0
+    for parent in list(net.modules()):
+        for name, conv in list(parent.named_children()):
+            if isinstance(conv, Conv2dSame) and conv.dilation == (1, 1):
+                new = ZeroTapSameConv(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                      groups=conv.groups, bias=conv.bias is not None)
+                new.weight, new.bias = conv.weight, conv.bias
+                setattr(parent, name, new)
+                swapped += 1
+    return swapped
 
 
 def high_resolution_convs(model: nn.Module, size: int = 64) -> list[str]:
@@ -96,6 +136,8 @@ def fast_model(model: nn.Module, path: FastPath, device: torch.device | str = "c
     net = copy.deepcopy(model).eval().to(device)
     if path.fold_bn:
         net = fold_batchnorm(net, inplace=True)
+    if path.zero_tap_same:
+        use_zero_tap_same(net)
     if path.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if path.fp32_stem and path.precision != "fp32":
