@@ -44,10 +44,10 @@ def lraspp() -> Callable[[np.ndarray], object]:
     return run
 
 
-def previous_path() -> Callable[[np.ndarray], object]:
-    """The bundled model as Segmenter ran it before 2026-11-30: timm's stride-2 convs padding their input with
+def previous_path(weights: Path) -> Callable[[np.ndarray], object]:
+    """``weights`` as Segmenter ran them before 2026-11-30: timm's stride-2 convs padding their input with
     F.pad (same labels, bit for bit; tests/test_export.py checks the two paths agree)."""
-    seg = Segmenter("camvid", precision="auto")
+    seg = Segmenter(weights, precision="auto")
     seg._net = fast_model(seg.model, FastPath(seg.precision, seg.precision, fold_bn=True, channels_last=True,
                                               fp32_stem=True), seg.device)
     return seg
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed calls of each model (after 3 warm-up rounds)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--previous-path", action="store_true",
-                        help="also time the bundled weights through the default path as it was before 2026-11-30 "
+                        help="also time --against through the default path as it was before 2026-11-30 "
                              "(timm's TF 'same' padding: F.pad before each stride-2 conv)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -72,7 +72,7 @@ def main() -> None:
         "torchvision LRASPP-MobileNetV3 fp32": lraspp(),
     }
     if args.previous_path:
-        models["bundled, the previous default path"] = previous_path()
+        models[f"{args.against.name}, the previous default path"] = previous_path(args.against)
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(args.rounds + 3):
         for name, call in models.items():
