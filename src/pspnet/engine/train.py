@@ -350,12 +350,17 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
-                 + (f", + {cfg.distill_weight:g} x distillation (temperature {cfg.distill_temperature:g}"
-                    + (f", teachers at scales {', '.join(f'{s:g}' for s in cfg.distill_scales)}"
-                       if cfg.distill_scales != [1.0] else "")
-                    + f") from {', '.join(cfg.teachers)}" if run.teachers is not None else "")),
+                 + (_distillation(cfg) if run.teachers is not None else "")),
         ("output", str(run.out)),
     ]
+
+
+def _distillation(cfg: TrainConfig) -> str:
+    """The summary's words for the distillation term of the loss."""
+    scales = (f", teachers at scales {', '.join(f'{s:g}' for s in cfg.distill_scales)}"
+              if cfg.distill_scales != [1.0] else "")
+    return (f", + {cfg.distill_weight:g} x distillation (temperature {cfg.distill_temperature:g}{scales}) "
+            f"from {', '.join(cfg.teachers)}")
 
 
 # ---- loop -----------------------------------------------------------------------------------------------------------

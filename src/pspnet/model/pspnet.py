@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pspnet.errors import PSPNetError
-from pspnet.meta import default_class_names, default_palette
+from pspnet.meta import SCALE_RANGE, default_class_names, default_palette
 from pspnet.model.hub import PSPNetHubMixin
 from pspnet.model.resnet import DEPTHS, IMAGENET_MEAN, IMAGENET_STD, DilatedResNet
 from pspnet.model.timm_backbone import TimmBackbone
@@ -135,8 +135,8 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
         eval_scale: float = 1.0,
     ):
         super().__init__()
-        if not 0.25 <= eval_scale <= 4:
-            raise ValueError(f"eval_scale must be in [0.25, 4], got {eval_scale}")
+        if not SCALE_RANGE[0] <= eval_scale <= SCALE_RANGE[1]:
+            raise ValueError(f"eval_scale must be in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {eval_scale}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
