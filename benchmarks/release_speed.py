@@ -1,42 +1,50 @@
-"""Is a new release of the bundled model at least as fast? Its default path side by side with another weights file.
+"""Is a new release of the bundled model at least as fast? Its default path side by side with the previous one.
 
-    python benchmarks/release_speed.py --against OLD.safetensors [--rounds 30]
+    git worktree add ../pspnet-previous PREVIOUS_COMMIT     # the previous release: its code and its weights
+    python benchmarks/release_speed.py --against-checkout ../pspnet-previous [--against OLD.safetensors]
 
 Times ``pspnet.Segmenter(...)(frame)`` with precision ``auto`` (what ``pspnet predict`` and ``serve`` run: BN
-folded, channels_last, native bf16 where the CPU has it) on the bundled sample frame (360x480), for the bundled
-weights and for ``--against`` (e.g. the previous release from git history), plus torchvision's
-LRASPP-MobileNetV3-Large in fp32 eager (random init: only its speed matters), the real-time model a user would try
-instead. Calls are interleaved round by round, so drift on a shared machine hits every model alike; the CPU's
-flags and the thread count are printed with the figures.
+folded, channels_last, native bf16 where the CPU has it) on the bundled sample frame (360x480), for
+
+- the bundled model of this checkout;
+- ``--against-checkout DIR``: the bundled model of another checkout, run by that checkout's code (``DIR/src`` first
+  on the Python path), so a change to the path is timed as users had it, not as this checkout would run old weights;
+- ``--against FILE``: another weights file through this checkout's path;
+- torchvision's LRASPP-MobileNetV3-Large in fp32 eager (random init: only its speed matters), the real-time model a
+  user would try instead.
+
+Each model runs in a process of its own, as ``pspnet predict`` runs it: in a process that has run other models,
+glibc has raised its mmap threshold and large buffers no longer page-fault, which changes the ranking (a model
+whose path allocates a fresh 30 MB buffer per frame measured 0.82x in a shared process and 1.1x alone). The
+processes are interleaved round by round, so drift on a shared machine hits every model alike; the figure per
+model is the median over its processes of each process's median call. The CPU's flags and the thread count are
+printed with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
-from PIL import Image
-
-from pspnet.benchmark.measure import timed
-from pspnet.device import cpu_flags
-from pspnet.inference.fast import FastPath, fast_model
-from pspnet.inference.segmenter import Segmenter
-from pspnet.model.bundled import SAMPLE_IMAGE
-from pspnet.model.pspnet import PSPNet
+WANTED_FLAGS = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}
 
 
-def lraspp() -> Callable[[np.ndarray], object]:
+def lraspp() -> Callable[[object], object]:
     """torchvision's LRASPP-MobileNetV3-Large, fp32 eager, on the same frame (ImageNet-normalised, batch 1)."""
+    import torch
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
     net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11).eval()
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
-    def run(frame: np.ndarray) -> object:
+    def run(frame: object) -> object:
         x = (torch.from_numpy(frame).permute(2, 0, 1).float() / 255 - mean) / std
         with torch.inference_mode():
             return net(x[None])["out"].argmax(1)
@@ -44,53 +52,93 @@ def lraspp() -> Callable[[np.ndarray], object]:
     return run
 
 
-def previous_path(weights: Path) -> Callable[[np.ndarray], object]:
-    """``weights`` as Segmenter ran them before 2026-11-30: timm's stride-2 convs padding their input with
-    F.pad (same labels, bit for bit; tests/test_export.py checks the two paths agree)."""
-    seg = Segmenter(weights, precision="auto")
-    seg._net = fast_model(seg.model, FastPath(seg.precision, seg.precision, fold_bn=True, channels_last=True,
-                                              fp32_stem=True), seg.device)
-    return seg
+def worker(spec: str, calls: int, threads: int) -> None:
+    """Time one model (``bundled``, ``lraspp`` or ``weights:PATH``) in this process; print one JSON line.
+
+    Uses only what every release has (``Segmenter``, ``SAMPLE_IMAGE``): it also runs under an older checkout."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import pspnet
+    from pspnet.inference.segmenter import Segmenter
+    from pspnet.model.bundled import SAMPLE_IMAGE
+
+    torch.set_num_threads(threads)
+    frame = np.array(Image.open(SAMPLE_IMAGE).convert("RGB"))  # writable: torch.from_numpy warns otherwise
+    precision = "fp32"
+    if spec == "lraspp":
+        call = lraspp()
+    else:
+        seg = Segmenter("camvid" if spec == "bundled" else spec.removeprefix("weights:"), precision="auto")
+        call, precision = seg, seg.precision
+    for _ in range(3):
+        call(frame)
+    ms = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call(frame)
+        ms.append(1000 * (time.perf_counter() - start))
+    print(json.dumps({"ms": statistics.median(ms), "p90": sorted(ms)[int(0.9 * (len(ms) - 1))],
+                      "precision": precision, "pspnet": str(Path(pspnet.__file__).parent)}))
+
+
+def run_process(spec: str, calls: int, threads: int, src: Path | None) -> dict:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, __file__, "--worker", spec, "--calls", str(calls), "--threads", str(threads)],
+                         env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{spec} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--against", type=Path, required=True, help="the other weights file (.safetensors)")
-    parser.add_argument("--rounds", type=int, default=30, help="timed calls of each model (after 3 warm-up rounds)")
+    parser.add_argument("--against-checkout", type=Path, help="another checkout (e.g. a git worktree of the previous "
+                        "release): its bundled model, run by its own code")
+    parser.add_argument("--against", type=Path, help="another weights file (.safetensors), run by this checkout")
+    parser.add_argument("--processes", type=int, default=4, help="processes per model, interleaved (default 4)")
+    parser.add_argument("--calls", type=int, default=30, help="timed calls per process, after 3 warm-up calls")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--previous-path", action="store_true",
-                        help="also time --against through the default path as it was before 2026-11-30 "
-                             "(timm's TF 'same' padding: F.pad before each stride-2 conv)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cpu = torch.device("cpu")
+    if args.worker:
+        return worker(args.worker, args.calls, args.threads)
 
-    frame = np.array(Image.open(SAMPLE_IMAGE).convert("RGB"))  # writable: torch.from_numpy warns otherwise
-    models: dict[str, Callable[[np.ndarray], object]] = {
-        "bundled (this checkout)": Segmenter("camvid", precision="auto"),
-        f"{args.against.name}": Segmenter(PSPNet.from_pretrained(args.against), precision="auto"),
-        "torchvision LRASPP-MobileNetV3 fp32": lraspp(),
-    }
-    if args.previous_path:
-        models[f"{args.against.name}, the previous default path"] = previous_path(args.against)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for i in range(args.rounds + 3):
-        for name, call in models.items():
-            ms = 1000 * timed(lambda: call(frame), cpu)
-            if i >= 3:
-                times[name].append(ms)
+    this_src = Path(__file__).resolve().parents[1] / "src"
+    models: dict[str, tuple[str, Path | None]] = {"bundled (this checkout)": ("bundled", this_src)}
+    if args.against_checkout:
+        src = args.against_checkout.resolve() / "src"
+        if not (src / "pspnet").is_dir():
+            raise SystemExit(f"{args.against_checkout}: no src/pspnet in it (a checkout of pspnet is needed)")
+        models[f"bundled ({args.against_checkout.name})"] = ("bundled", src)
+    if args.against:
+        if not args.against.is_file():
+            raise SystemExit(f"{args.against}: no such file")
+        models[args.against.name] = (f"weights:{args.against.resolve()}", this_src)
+    models["torchvision LRASPP-MobileNetV3 fp32"] = ("lraspp", None)
 
-    wanted = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"}
-    flags = " ".join(sorted(cpu_flags() & wanted)) or "none of avx2/avx512/amx"
-    precision = models["bundled (this checkout)"].precision
-    print(f"{args.threads} threads; CPU flags: {flags}; Segmenter precision: {precision}; "
-          f"frame {frame.shape[0]}x{frame.shape[1]}")
-    base = statistics.median(times["bundled (this checkout)"])
-    for name, ms in times.items():
-        med = statistics.median(ms)
-        p90 = sorted(ms)[int(0.9 * (len(ms) - 1))]
-        print(f"  {name:40s} median {med:6.1f} ms  p90 {p90:6.1f} ms  {1000 / med:5.1f} frames/s  "
-              f"{med / base:4.2f}x the bundled time")
+    results: dict[str, list[dict]] = {name: [] for name in models}
+    for round_ in range(args.processes):
+        for name, (spec, src) in models.items():
+            results[name].append(run_process(spec, args.calls, args.threads, src))
+        print(f"round {round_ + 1}/{args.processes}: " + ", ".join(
+            f"{name} {runs[-1]['ms']:.1f} ms" for name, runs in results.items()), flush=True)
+
+    from pspnet.device import cpu_flags
+
+    flags = " ".join(sorted(cpu_flags() & WANTED_FLAGS)) or "none of avx2/avx512/amx"
+    print(f"{args.threads} threads; CPU flags: {flags}; frame 360x480; {args.processes} processes per model, "
+          f"{args.calls} calls each")
+    base = statistics.median(r["ms"] for r in results["bundled (this checkout)"])
+    for name, runs in results.items():
+        med = statistics.median(r["ms"] for r in runs)
+        per_process = ", ".join(f"{r['ms']:.1f}" for r in runs)
+        print(f"  {name:40s} median {med:6.1f} ms ({per_process}; p90 {statistics.median(r['p90'] for r in runs):.1f})"
+              f"  {1000 / med:5.1f} frames/s  {med / base:4.2f}x the bundled time  [{runs[0]['precision']}; "
+              f"{runs[0]['pspnet'] if name != 'torchvision LRASPP-MobileNetV3 fp32' else 'torchvision'}]")
 
 
 if __name__ == "__main__":

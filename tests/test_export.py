@@ -4,6 +4,7 @@ Tiny models only (a timm test EfficientNet with a 16-channel head): the properti
 not depend on the model's size, and the whole file runs in well under a minute on two cores.
 """
 
+import copy
 import json
 import warnings
 
@@ -227,6 +228,75 @@ def test_zero_tap_same_path_swaps_every_tf_same_conv_and_keeps_the_labels():
         x = torch.randn(1, 3, *size)
         expected = fast_call(fast_model(model, plain), x, plain)
         torch.testing.assert_close(fast_call(net, x, taps), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6()])
+def test_conv_act_is_the_conv_then_the_activation_bit_for_bit(act, dtype):
+    """One oneDNN call with the activation as a post-op: the same values as the two modules, also for a TF-same
+    conv, with and without autocast, and the plain path where there is a gradient to keep."""
+    from pspnet.device import autocast
+    from pspnet.inference.fast import ConvAct, ZeroTapSameConv
+
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(16, 24, 3, padding=1), nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=16),
+                 ZeroTapSameConv(16, 16, 5, stride=2, groups=16), nn.Conv2d(16, 8, 1, bias=False)):
+        conv = conv.to(memory_format=torch.channels_last)
+        if conv.bias is not None:
+            nn.init.normal_(conv.bias, 0, 3)  # outputs on both sides of 0 and 6
+        x = (3 * torch.randn(2, 16, 23, 30)).contiguous(memory_format=torch.channels_last)
+        fused = ConvAct(copy.deepcopy(conv).to(dtype), act)
+        with torch.inference_mode():
+            expected = act(copy.deepcopy(conv).to(dtype)(x.to(dtype)))
+            assert torch.equal(fused(x.to(dtype)), expected)
+            if dtype == torch.bfloat16:  # autocast with fp32 weights and input: autocast's dtype, the same values
+                with autocast(torch.device("cpu"), "bf16"):
+                    assert torch.equal(ConvAct(conv, act)(x), act(conv(x)))
+        out = ConvAct(conv, act)(x.requires_grad_())  # training: the plain modules, so backward works
+        out.sum().backward()
+        assert x.grad is not None
+        x.grad = None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_activations_path_gives_the_unfused_logits(precision):
+    """Every ReLU6 of EfficientNet-Lite (after BN folding) and every ReLU of the heads is fused, the fp32 stem's
+    convs inside their Float32 wrapper; the logits are the unfused path's (bit for bit in bf16)."""
+    from pspnet.inference.fast import ConvAct, Float32
+
+    torch.manual_seed(0)
+    model = create_model("pspnet_tf_efficientnet_lite0", num_classes=3, output_stride=16, head_channels=16,
+                         aux_channels=8, decoder_channels=8).eval()
+    kwargs = {"fold_bn": True, "channels_last": True, "zero_tap_same": True, "fp32_stem": precision == "bf16"}
+    plain = FastPath("plain", precision, **kwargs)
+    fused = FastPath("fused", precision, fuse_act=True, **kwargs)
+    net = fast_model(model, fused)
+    convs_with_act = sum(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules())
+    acts = [m for m in net.modules() if isinstance(m, ConvAct)]
+    assert len(acts) == convs_with_act  # every activation follows a conv and its (folded) BN
+    assert all(isinstance(m.act, (nn.ReLU, nn.ReLU6)) for m in acts)
+    if precision == "bf16":
+        assert any(isinstance(m, Float32) and isinstance(m.module, ConvAct) for m in net.modules())
+    x = torch.randn(1, 3, 67, 93)
+    got, expected = fast_call(net, x, fused), fast_call(fast_model(model, plain), x, plain)
+    if precision == "bf16":
+        assert torch.equal(got, expected)
+    else:  # oneDNN may pick another fp32 kernel for a conv with a post-op: the same sums in another order
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fp32_stem_is_the_narrow_half_resolution_convs():
+    """EfficientNet-Lite's stem and first block stay fp32; its first expansion (96 channels at half resolution, the
+    largest activation) and the deep ResNet stem's 128-channel conv do not."""
+    from pspnet.inference.fast import high_resolution_convs
+
+    lite = create_model("pspnet_tf_efficientnet_lite0", num_classes=3, output_stride=16, head_channels=16,
+                        aux_channels=8, decoder_channels=8).eval()
+    assert high_resolution_convs(lite) == ["backbone.body.conv_stem", "backbone.body.blocks.0.0.conv_dw",
+                                           "backbone.body.blocks.0.0.conv_pw"]
+    assert high_resolution_convs(lite, max_channels=96)[-1] == "backbone.body.blocks.1.0.conv_pw"
+    resnet = create_model("pspnet_resnet18", num_classes=3, head_channels=16, aux_channels=8).eval()
+    assert high_resolution_convs(resnet) == ["backbone.layer0.0", "backbone.layer0.3"]
 
 
 def test_fp32_stem_keeps_the_half_resolution_convs_in_fp32(model):

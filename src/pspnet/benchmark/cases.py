@@ -92,7 +92,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 def torch_paths(device: torch.device, compile: bool = False) -> list[FastPath]:
     """The PyTorch paths worth timing on ``device``; bf16 only where it is native, fp16 only on CUDA."""
-    fast = {"fold_bn": True, "channels_last": True, "zero_tap_same": True}
+    fast = {"fold_bn": True, "channels_last": True, "zero_tap_same": True, "fuse_act": True}
     fastpaths = [FastPath("fp32 eager"), FastPath("fp32 fold+NHWC", **fast)]
     if native_bf16(device):
         fastpaths += [FastPath("bf16 autocast fold+NHWC", "bf16", **fast),

@@ -11,10 +11,17 @@ What each step buys on a CPU:
   stored in bf16 once: autocast would round them the same way on every call (weights that need no
   grad are not cached), so the labels are bit-identical and the bundled model is about 2.5% faster.
   ``cast_weights`` runs the whole model in bf16 instead, without autocast.
-- ``fp32_stem`` keeps the convs at half resolution or more (the stem, and in EfficientNets the first
-  block) in fp32 under bf16 autocast: rounding them to bf16 moved 0.43% of the bundled CamVid
-  model's labels on CamVid val (0.19% with this), for about 5% more time; they are about 1% of
-  PSPNet-R50's FLOPs. (With bf16 weights the model moves 0.43% again: not what Segmenter runs.)
+- ``fp32_stem`` keeps the convs at half resolution or more with at most 64 output channels (the stem, and
+  in EfficientNets the first block) in fp32 under bf16 autocast: rounding them to bf16 moved 0.43% of the
+  bundled CamVid model's labels on CamVid val (0.19% with this), for about 5% more time; they are about 1%
+  of PSPNet-R50's FLOPs. (With bf16 weights the model moves 0.43% again: not what Segmenter runs.) Wider
+  convs at that resolution (EfficientNet's first expansion to 96 channels, the deep ResNet stem's 128) write
+  the network's largest activation: in fp32 it was 32 MB per 504x672 input, 12% of the bundled model's time,
+  and in bf16 it moved no more labels (55 CamVid frames at 1.5x: 99.834% against 99.835% agreement with fp32).
+- ``fuse_act``: on CPUs, a conv followed by ReLU/ReLU6 (after BN folding: most convs of EfficientNet-Lite and
+  of the heads) runs as one oneDNN call with the activation as a post-op, instead of writing the conv's output
+  and reading it back for a separate clamp: 8% of the bundled model's time. The same values: bit for bit in
+  bf16; in fp32 within rounding (2e-7), as oneDNN may sum a conv with a post-op in another order.
 - ``zero_tap_same``: timm's TF-ported models (``tf_efficientnet_lite*``) pad the input of each stride-2 conv
   with F.pad, one pixel more at the end than at the start, which Conv2d's symmetric padding cannot say. The
   copy goes to a fresh buffer, page-faulted and filled on every call: 30% of the bundled model's time in a
@@ -53,6 +60,7 @@ class FastPath:
     fp32_stem: bool = False  # with autocast: convs at >= 1/2 resolution stay fp32 (see the module docstring)
     precast: bool = True  # with autocast: store the conv weights in ``precision`` once (identical results)
     zero_tap_same: bool = False  # TF "same" padding as zero kernel taps (identical results)
+    fuse_act: bool = False  # CPU: conv + ReLU/ReLU6 as one oneDNN call (identical results)
     compile: bool = False
 
     @property
@@ -80,14 +88,19 @@ class ZeroTapSameConv(nn.Conv2d):
     dilation d a tap is d pixels wide.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def weight_and_padding(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The kernel (with its zero taps, if any) and the symmetric padding that give TF's windows on ``x``."""
         padding, taps = [], []
         for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
             total = max((-(-size // s) - 1) * s + k - size, 0)
             padding.append(total - total // 2)
             taps.append(total % 2)
         weight = F.pad(self.weight, (taps[1], 0, taps[0], 0)) if any(taps) else self.weight
-        return F.conv2d(x, weight, self.bias, self.stride, tuple(padding), 1, self.groups)
+        return weight, tuple(padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, padding = self.weight_and_padding(x)
+        return F.conv2d(x, weight, self.bias, self.stride, padding, 1, self.groups)
 
 
 def use_zero_tap_same(net: nn.Module) -> int:
@@ -106,10 +119,88 @@ def use_zero_tap_same(net: nn.Module) -> int:
     return swapped
 
 
-def high_resolution_convs(model: nn.Module, size: int = 64) -> list[str]:
-    """Names of the Conv2d modules whose output is at half the input resolution or more (found by one forward)."""
+# oneDNN post-op (name, scalars) of each activation a conv can take in one call
+FUSED_ACTIVATIONS: dict[type, tuple[str, list[float]]] = {nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+
+
+def _fused_conv_op() -> object | None:
+    """oneDNN's conv with a post-op (what Inductor emits on CPU), where this PyTorch build has it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+class ConvAct(nn.Module):
+    """``act(conv(x))`` as one oneDNN call on CPU (see ``fuse_act`` in the module docstring); elsewhere, or
+    where the call does not apply (float64, training), the two modules one after the other."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.conv, self.act = conv, act
+        self.post_op, self.scalars = FUSED_ACTIVATIONS[type(act)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        weight, padding = conv.weight_and_padding(x) if isinstance(conv, ZeroTapSameConv) else (conv.weight, conv.padding)
+        op = _fused_conv_op()
+        autocasting = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocasting and x.dtype == torch.float32 else weight.dtype
+        if x.device.type != "cpu" or op is None or torch.is_grad_enabled() or dtype not in (torch.float32, torch.bfloat16):
+            return self.act(F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups))
+        bias = conv.bias.to(dtype) if conv.bias is not None else None
+        return op(x.to(dtype), weight.to(dtype), bias, list(padding), list(conv.stride), list(conv.dilation),
+                  conv.groups, self.post_op, self.scalars, "")
+
+
+def _fused(conv: nn.Module, act: nn.Module) -> nn.Module | None:
+    """``ConvAct(conv, act)`` (inside ``Float32`` if ``conv`` is an fp32 stem conv), or None if they cannot fuse."""
+    if isinstance(conv, Float32):
+        inner = _fused(conv.module, act)
+        return Float32(inner) if inner is not None else None
+    if (type(conv) in (nn.Conv2d, ZeroTapSameConv) and type(act) in FUSED_ACTIVATIONS
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
+        return ConvAct(conv, act)
+    return None
+
+
+def fuse_activations(net: nn.Module) -> int:
+    """Turn each conv that a ReLU/ReLU6 follows into a ``ConvAct``, in place; returns how many.
+
+    Run after ``fold_batchnorm``: a folded timm BN+activation leaves ``AfterBatchNorm(Identity, act)`` right after
+    its conv, and our heads (conv, BN, ReLU) leave (conv, Identity, ReLU) in their ``nn.Sequential``."""
+    from pspnet.inference.fold import NAMED_PAIRS, AfterBatchNorm
+
+    fused = 0
+    for module in list(net.modules()):
+        for conv_name, after_name in NAMED_PAIRS.get(type(module).__name__, ()):
+            conv, after = getattr(module, conv_name, None), getattr(module, after_name, None)
+            if isinstance(after, AfterBatchNorm) and isinstance(after.drop, nn.Identity):
+                new = _fused(conv, after.act)
+                if new is not None:
+                    setattr(module, conv_name, new)
+                    setattr(module, after_name, nn.Identity())
+                    fused += 1
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b, c in zip(names, names[1:], names[2:]):
+                conv, between, act = module._modules[a], module._modules[b], module._modules[c]
+                new = _fused(conv, act) if isinstance(between, nn.Identity) else None
+                if new is not None:
+                    module._modules[a], module._modules[c] = new, nn.Identity()
+                    fused += 1
+    return fused
+
+
+def high_resolution_convs(model: nn.Module, size: int = 64, max_channels: int = 64) -> list[str]:
+    """Names of the Conv2d modules whose output is at half the input resolution or more and has at most
+    ``max_channels`` channels (found by one forward)."""
     found: list[str] = []
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: found.append(name) if 2 * o.shape[-2] >= size else None)
+
+    def hook(module: nn.Module, inputs: object, out: torch.Tensor, name: str) -> None:
+        if 2 * out.shape[-2] >= size and out.shape[1] <= max_channels:
+            found.append(name)
+
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
@@ -123,7 +214,7 @@ def high_resolution_convs(model: nn.Module, size: int = 64) -> list[str]:
 def precast_for_autocast(net: nn.Module, dtype: torch.dtype) -> None:
     """Store the weights of the convs and linears that autocast runs in ``dtype`` already in it (not those
     wrapped in ``Float32``): autocast's own cast of them is then a no-op instead of a copy on every call."""
-    kept = {id(m.module) for m in net.modules() if isinstance(m, Float32)}
+    kept = {id(sub) for m in net.modules() if isinstance(m, Float32) for sub in m.modules()}
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in kept:
             for p in m.parameters(recurse=False):
@@ -147,6 +238,8 @@ def fast_model(model: nn.Module, path: FastPath, device: torch.device | str = "c
             parent, _, child = name.rpartition(".")
             owner = net.get_submodule(parent)
             setattr(owner, child, Float32(getattr(owner, child)))
+    if path.fuse_act and device.type == "cpu" and not path.compile:  # Inductor fuses them itself
+        fuse_activations(net)
     if path.cast_weights and path.precision != "fp32":
         net = net.to(path.dtype)
     elif path.precast and path.precision != "fp32":
