@@ -4,7 +4,8 @@
     python benchmarks/release_speed.py --against-checkout ../pspnet-previous [--against OLD.safetensors]
 
 Times ``pspnet.Segmenter(...)(frame)`` with precision ``auto`` (what ``pspnet predict`` and ``serve`` run: BN
-folded, channels_last, native bf16 where the CPU has it) on the bundled sample frame (360x480), for
+folded, channels_last, native bf16 where the CPU has it, the head's calibrated convs in int8 where it has int8 dot
+products) on the bundled sample frame (360x480), for
 
 - the bundled model of this checkout;
 - ``--against-checkout DIR``: the bundled model of another checkout, run by that checkout's code (``DIR/src`` first
@@ -72,6 +73,8 @@ def worker(spec: str, calls: int, threads: int) -> None:
     else:
         seg = Segmenter("camvid" if spec == "bundled" else spec.removeprefix("weights:"), precision="auto")
         call, precision = seg, seg.precision
+        if getattr(seg, "int8_layers", None):  # releases before int8 have no such attribute
+            precision += " + int8 " + ", ".join(seg.int8_layers)
     for _ in range(3):
         call(frame)
     ms = []

@@ -23,6 +23,7 @@ from pspnet.benchmark.measure import gflop
 from pspnet.device import native_bf16
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import FastPath, fast_call, fast_model
+from pspnet.inference.int8 import int8_available, int8_ready, use_int8
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ def model_cases(label: str, group: str, model: nn.Module, x: torch.Tensor, devic
     """
     flops = gflop(model, x.shape)
     cases = [_torch_case(label, group, model, x, device, fastpath, flops) for fastpath in fastpaths]
+    stem = next((p for p in fastpaths if p.fp32_stem and p.precision == "bf16" and not p.compile), None)
+    if stem is not None and device.type == "cpu" and int8_ready(model) and int8_available():
+        cases.append(_int8_head_case(label, group, model, x, device, stem, flops))
     if not (onnx or int8) or device.type != "cpu":
         return cases
     if workdir is None:
@@ -137,6 +141,19 @@ def _torch_case(label: str, group: str, model: nn.Module, x: torch.Tensor, devic
     if fastpath.compile:
         logger.info("compiling %s (once) ...", case.name)
         case.run()
+    case.setup_s = time.perf_counter() - t
+    return case
+
+
+def _int8_head_case(label: str, group: str, model: nn.Module, x: torch.Tensor, device: torch.device,
+                    fastpath: FastPath, flops: float | None) -> Case:
+    """``fastpath`` with the calibrated head convs in int8: what ``Segmenter`` runs with precision auto here."""
+    t = time.perf_counter()
+    net = fast_model(model, fastpath, device)
+    use_int8(net, model.config["int8_ranges"])
+    name = fastpath.name.replace("fp32-stem", "fp32-stem int8-head")
+    case = Case(f"{label} {name}", "fast" if group == "ours" else group, lambda x, net=net: fast_call(net, x, fastpath),
+                x, fastpath.precision, flops, f"{label} fp32 eager", note="head convs in int8, calibrated ranges")
     case.setup_s = time.perf_counter() - t
     return case
 

@@ -107,6 +107,7 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
     come back at the input size). Why: a model trained on scale-jittered crops sees objects larger than a
     frame shows them and reads frames best somewhat enlarged (Touvron et al., "Fixing the train-test
     resolution discrepancy", 2019); the bundled CamVid model reads 360x480 frames at 1.5x.
+    ``int8_ranges``: written by ``pspnet.inference.int8.calibrate_int8``, not by hand.
     Every constructor argument is JSON-serialisable and saved with the weights, so a weights file
     alone rebuilds the model.
     """
@@ -133,6 +134,7 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
         std: Sequence[float] = IMAGENET_STD,
         mask_values: Sequence[int] | None = None,
         eval_scale: float = 1.0,
+        int8_ranges: dict[str, Any] | None = None,
     ):
         super().__init__()
         if not SCALE_RANGE[0] <= eval_scale <= SCALE_RANGE[1]:
@@ -156,6 +158,8 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
             # the stored mask value of each class (e.g. [0, 255]), so outputs go back in the user's values
             "mask_values": [int(v) for v in mask_values] if mask_values is not None else None,
             "eval_scale": float(eval_scale),
+            # calibrated input ranges of the head's int8 convs (pspnet.inference.int8), with a digest of their weights
+            "int8_ranges": int8_ranges,
         }
         resnet_depth = {f"resnet{d}": d for d in DEPTHS}.get(backbone)
         if resnet_depth is not None:
