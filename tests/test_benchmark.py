@@ -220,3 +220,40 @@ def test_build_model_from_a_spec_is_seeded():
     spec = {"name": "pspnet_test_efficientnet", "num_classes": 3, "seed": 1}
     a, b = build_model(spec), build_model(spec)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+# ---- the release scripts in benchmarks/ --------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
+
+
+@pytest.mark.slow
+def test_release_speed_times_each_model_in_its_own_process_and_another_checkout_by_its_own_code():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/release_speed.py", "--against-checkout", str(REPO),
+                          "--processes", "1", "--calls", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if "x the bundled time" in line]
+    assert len(rows) == 3 and "LRASPP" in rows[2]
+    assert all(str(REPO / "src" / "pspnet") in row for row in rows[:2])  # the checkout's own code ran
+    missing = subprocess.run([sys.executable, "benchmarks/release_speed.py", "--against-checkout", str(REPO / "tests")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "no src/pspnet" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="needs CamVid at ../shared/datasets/camvid")
+def test_default_path_accuracy_prints_each_drive_and_path_against_fp32():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/default_path_accuracy.py", "--limit", "2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith(("val ", "train "))]
+    assert {r[1] for r in rows} == {"0016E5", "0001TP"} and {r[3] for r in rows} >= {"fp32", "auto"}
+    fp32 = [r for r in rows if r[3] == "fp32"]
+    assert all(r[-2] == "100.000%," for r in fp32)  # fp32 against itself
