@@ -140,12 +140,13 @@ class ConvAct(nn.Module):
         self.post_op, self.scalars = FUSED_ACTIVATIONS[type(act)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        weight, padding = conv.weight_and_padding(x) if isinstance(conv, ZeroTapSameConv) else (conv.weight, conv.padding)
-        op = _fused_conv_op()
-        autocasting = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocasting and x.dtype == torch.float32 else weight.dtype
-        if x.device.type != "cpu" or op is None or torch.is_grad_enabled() or dtype not in (torch.float32, torch.bfloat16):
+        conv, op = self.conv, _fused_conv_op()
+        same = isinstance(conv, ZeroTapSameConv)
+        weight, padding = conv.weight_and_padding(x) if same else (conv.weight, conv.padding)
+        autocasting = torch.is_autocast_enabled("cpu") and x.dtype == torch.float32
+        dtype = torch.get_autocast_dtype("cpu") if autocasting else weight.dtype
+        if (x.device.type != "cpu" or op is None or torch.is_grad_enabled()
+                or dtype not in (torch.float32, torch.bfloat16)):
             return self.act(F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups))
         bias = conv.bias.to(dtype) if conv.bias is not None else None
         return op(x.to(dtype), weight.to(dtype), bias, list(padding), list(conv.stride), list(conv.dilation),
@@ -195,12 +196,8 @@ def high_resolution_convs(model: nn.Module, size: int = 64, max_channels: int = 
     """Names of the Conv2d modules whose output is at half the input resolution or more and has at most
     ``max_channels`` channels (found by one forward)."""
     found: list[str] = []
-
-    def hook(module: nn.Module, inputs: object, out: torch.Tensor, name: str) -> None:
-        if 2 * out.shape[-2] >= size and out.shape[1] <= max_channels:
-            found.append(name)
-
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name))
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: found.append(name)
+                                     if 2 * o.shape[-2] >= size and o.shape[1] <= max_channels else None)
              for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():

@@ -92,8 +92,9 @@ class Segmenter:
             self.model.eval().to(self.device)
             self.precision = resolve_precision(precision, self.device)
             # What runs is a BN-folded channels_last copy with TF "same" padding as zero taps and each conv's
-            # ReLU in the same oneDNN call: faster on CPUs with identical labels; bf16/fp16 keep >= 99.5% argmax agreement with fp32 only with an fp32 stem
-            # (see pspnet.inference.fast). ``self.model`` stays the caller's PSPNet, so saving it saves a PSPNet.
+            # ReLU in the same oneDNN call: faster on CPUs with identical labels; bf16/fp16 keep >= 99.5% argmax
+            # agreement with fp32 only with an fp32 stem (see pspnet.inference.fast). ``self.model`` stays the
+            # caller's PSPNet, so saving it saves a PSPNet.
             self._net = fast_model(self.model, FastPath(self.precision, self.precision, fold_bn=True,
                                                         channels_last=True, fp32_stem=True, zero_tap_same=True,
                                                         fuse_act=True),
