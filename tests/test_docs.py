@@ -114,6 +114,10 @@ COMMANDS: dict[str, Run | Skip] = {
         extra="--calib-count 4", replace=(("--int8-check ../shared/datasets/camvid/val", "--int8-check val4"),),
         needs=("val4",), expect=("camvid_int8.onnx",)),
     "pspnet predict street.jpg --model camvid.onnx": Run(expect=("predictions/street.png",)),
+    "pspnet calibrate --model camvid --images ../shared/datasets/camvid/train --out camvid_int8": Run(
+        replace=(("--images ../shared/datasets/camvid/train", "--images val4"),), needs=("val4",),
+        expect=("camvid_int8/model.safetensors",)),
+    "pspnet predict street.jpg --model camvid_int8": Run(expect=("predictions/street.png",)),
     "pspnet predict street.jpg --model camvid --backend onnxruntime": Run(extra="--overwrite"),
     "pspnet benchmark --camvid ../shared/datasets/camvid --cases benchmarks/peers.py --json bench.json "
     "--chart bench.png": Run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,28 @@ def test_bundled_default_path_in_int8_keeps_the_fp32_labels_on_the_sample_frame(
         pytest.skip("int8 is used with native bf16 only, the combination measured")
     assert auto.int8_layers == ["cls.0", "decoder.fuse.0"]
     assert (auto(SAMPLE_IMAGE) == fp32(SAMPLE_IMAGE)).mean() >= 0.995
+
+
+def test_calibrate_cli_writes_a_calibrated_copy_and_never_replaces_a_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from pspnet.cli import main
+
+    small().save_pretrained(tmp_path / "model")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames()):
+        Image.fromarray(frame).save(folder / f"f{i}.png")
+    out = tmp_path / "calibrated"
+    args = ["calibrate", "--model", str(tmp_path / "model"), "--images", str(folder), "--count", "2", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == 2 and list(report["ranges"]) == ["cls.0", "decoder.fuse.0"]
+    assert int8_ready(pspnet.PSPNet.from_pretrained(out))
+    before = sorted(p.name for p in out.iterdir())
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err  # the folder is left as it was
+    assert sorted(p.name for p in out.iterdir()) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(args[:3] + ["--images", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert "no images" in capsys.readouterr().err

@@ -14,11 +14,11 @@ import sys
 from typing import Sequence
 
 from pspnet.version import __version__
-from pspnet.cli import benchmark, check_data, convert, evaluate, export, models, predict, serve, train
+from pspnet.cli import benchmark, calibrate, check_data, convert, evaluate, export, models, predict, serve, train
 from pspnet.cli.options import HelpFormatter, Parser
 from pspnet.errors import PSPNetError
 
-COMMANDS = [train, evaluate, predict, check_data, convert, export, benchmark, serve, models]
+COMMANDS = [train, evaluate, predict, check_data, convert, export, calibrate, benchmark, serve, models]
 
 
 class _LogFormatter(logging.Formatter):

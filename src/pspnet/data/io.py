@@ -125,3 +125,8 @@ def read_mask(path: str | Path) -> np.ndarray:
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, in a stable order."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def spread_evenly(items: list[Path], count: int) -> list[Path]:
+    """``count`` of ``items`` (all if fewer), first and last included: calibration frames from across a folder."""
+    return [items[round(i * (len(items) - 1) / max(count - 1, 1))] for i in range(min(count, len(items)))]

@@ -37,7 +37,7 @@ def calibration_frames(folder: str | Path, count: int, mean: Sequence[float], st
     """``count`` frames spread evenly over ``folder``, as normalised (1, 3, H, W) float32 arrays."""
     from PIL import Image
 
-    from pspnet.data.io import list_images, read_image
+    from pspnet.data.io import list_images, read_image, spread_evenly
     from pspnet.inference.segmenter import to_input
 
     folder = Path(folder)
@@ -46,9 +46,8 @@ def calibration_frames(folder: str | Path, count: int, mean: Sequence[float], st
     files = list_images(folder)
     if not files:
         raise PSPNetError(f"{folder}: no images to calibrate on")
-    picks = [files[round(i * (len(files) - 1) / max(count - 1, 1))] for i in range(min(count, len(files)))]
     out = []
-    for path in picks:
+    for path in spread_evenly(files, count):
         im = read_image(path)
         if size is not None:
             im = im.resize((int(size[-1]), int(size[0])), Image.BILINEAR)
