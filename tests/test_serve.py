@@ -250,6 +250,7 @@ def test_model_metrics_docs_page_and_http_errors(client):
     assert info["classes"][2] == {"id": 2, "name": "bright", "color": [0, 200, 0]}
     assert info["input"]["max_bytes"] == 200_000 and info["input"]["max_pixels"] == 100_000
     assert info["input"]["mode"] == "whole" and info["batching"]["max_batch"] == 4
+    assert info["int8_layers"] == []  # a segmenter without int8 convs says so
     assert client.get("/healthz").json()["status"] == "ok"
 
     assert client.post("/v1/segment", content=encode(gradient())).status_code == 200

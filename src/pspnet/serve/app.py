@@ -326,6 +326,7 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
         "palette": [list(c) for c in palette],
         "device": str(getattr(segmenter, "device", "cpu")),
         "precision": getattr(segmenter, "precision", None),
+        "int8_layers": list(getattr(segmenter, "int8_layers", [])),  # convs that run in int8 (precision auto)
         "input": {
             "formats": ACCEPTED,
             "upload": "multipart field 'image', or the raw image bytes as the body",
