@@ -3,7 +3,7 @@
     python benchmarks/default_path_accuracy.py [--data-root ../shared/datasets/camvid] [--eval-scale S]
 
 Runs ``pspnet.Segmenter("camvid")`` as ``pspnet predict`` does with precision fp32, bf16 and auto (on CPUs with
-int8 dot products, auto also runs the head's calibrated convs in int8) over every labelled frame of CamVid val and
+AVX512-VNNI and no AMX, auto also runs the head's calibrated convs in int8) over every labelled frame of CamVid val and
 train, and prints per drive the mIoU of each path and its argmax agreement with the fp32 path (mean over frames
 and the worst frame). The bundled model trains on all of these frames: the mIoU is a fit, and only the change
 against fp32 is the point. Paths the CPU cannot run natively (bf16 without AVX512-BF16/AMX) are left out.

@@ -4,8 +4,8 @@
     python benchmarks/release_speed.py --against-checkout ../pspnet-previous [--against OLD.safetensors]
 
 Times ``pspnet.Segmenter(...)(frame)`` with precision ``auto`` (what ``pspnet predict`` and ``serve`` run: BN
-folded, channels_last, native bf16 where the CPU has it, the head's calibrated convs in int8 where it has int8 dot
-products) on the bundled sample frame (360x480), for
+folded, channels_last, native bf16 where the CPU has it, the head's calibrated convs in int8 where it has AVX512-VNNI
+and no AMX) on the bundled sample frame (360x480), for
 
 - the bundled model of this checkout;
 - ``--against-checkout DIR``: the bundled model of another checkout, run by that checkout's code (``DIR/src`` first

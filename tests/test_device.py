@@ -38,6 +38,17 @@ def test_auto_on_cpu_uses_bf16_only_where_native(cpu_with, flags, machine, expec
     assert device.resolve_precision("auto", CPU) == expected
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, True),  # Zen4: measured, the head's convs in half the time
+    ({"avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8"}, False),  # AMX: bf16 on tiles, not measured
+    ({"avx2", "fma"}, False),
+    ({"avx2", "avx_vnni"}, False),  # 256-bit VNNI only: not measured
+])
+def test_int8_is_chosen_only_where_it_was_measured_faster(cpu_with, flags, expected):
+    cpu_with(flags)
+    assert device.cpu_int8_beats_bf16() is expected
+
+
 def test_cpu_flags_reads_arm_features(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")

@@ -17,7 +17,7 @@ from pspnet.inference.segmenter import Segmenter
 from pspnet.model.bundled import SAMPLE_IMAGE
 
 needs_int8 = pytest.mark.skipif(not int8_available(),
-                                reason="needs a CPU with AVX512-VNNI or AMX-INT8 and oneDNN's int8 conv in torch")
+                                reason="int8 is used on CPUs with AVX512-VNNI and no AMX, with oneDNN's int8 conv")
 
 
 def small(seed: int = 0) -> nn.Module:

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Runs the model in fp32 over --count frames spread over --images, records the "
                                    "input range of the pyramid bottleneck and the decoder's 3x3 conv, and saves the "
                                    "model with them to --out, a new folder. `pspnet predict` and `serve` with that "
-                                   "model then run those two convs in int8 on CPUs with AVX512-VNNI or AMX "
+                                   "model then run those two convs in int8 on CPUs with AVX512-VNNI and no AMX "
                                    "(precision auto); training the model further makes the ranges stale, and they "
                                    "are then ignored.")
     add_model(p)

@@ -1,4 +1,4 @@
-"""int8 for the head's two large 3x3 convs, on CPUs with int8 dot products (AVX512-VNNI, AMX-INT8), via oneDNN.
+"""int8 for the head's two large 3x3 convs, on CPUs where it beats bf16 (AVX512-VNNI without AMX), via oneDNN.
 
 Why these two: in the bundled CamVid model the pyramid bottleneck (``cls.0``, 640 -> 512 channels at 1/16) and the
 decoder's fuse conv (``decoder.fuse.0``, 176 -> 128 at 1/4) are 55% of the FLOPs, dense and compute-bound, and oneDNN
@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from pspnet.data.io import read_image, to_rgb
-from pspnet.device import cpu_has_int8_dot
+from pspnet.device import cpu_int8_beats_bf16
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import ConvAct
 
@@ -96,8 +96,8 @@ def int8_ready(model: nn.Module) -> bool:
 
 
 def int8_available() -> bool:
-    """oneDNN's int8 conv is in this PyTorch build and the CPU has int8 dot products."""
-    return (cpu_has_int8_dot() and torch.backends.mkldnn.is_available()
+    """oneDNN's int8 conv is in this PyTorch build and the CPU runs it faster than bf16."""
+    return (cpu_int8_beats_bf16() and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.onednn, "qconv2d_pointwise"))
 
 

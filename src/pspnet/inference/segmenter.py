@@ -99,7 +99,7 @@ class Segmenter:
                                                         channels_last=True, fp32_stem=True, zero_tap_same=True,
                                                         fuse_act=True),
                                    self.device)
-            # precision "auto" on a CPU with int8 dot products also runs the head's two big convs in int8 if the
+            # precision "auto" on a CPU where int8 beats bf16 also runs the head's two big convs in int8 if the
             # model carries ranges calibrated for its weights (pspnet.inference.int8): >= 99.5% agreement kept
             if (precision == "auto" and self.precision == "bf16" and self.device.type == "cpu"
                     and int8_ready(self.model) and int8_available()):
