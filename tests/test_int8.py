@@ -45,6 +45,10 @@ def test_calibration_records_each_head_conv_input_range_and_goes_stale_when_the_
     with torch.no_grad():
         loaded.cls[0].weight.mul_(1.01)  # trained further: the ranges no longer describe it
     assert not int8_ready(loaded)
+    again = pspnet.PSPNet.from_pretrained(tmp_path / "m")
+    with torch.no_grad():  # only the backbone trained further: the head convs' inputs change, so the ranges go stale
+        next(again.backbone.parameters()).add_(0.01)
+    assert not int8_ready(again)
     assert head_convs(create_model("pspnet_resnet18", num_classes=3, head_channels=16, aux_channels=8)) == ["cls.0"]
 
 

@@ -7,8 +7,8 @@ lost 0.8% argmax agreement in int8 (ONNX Runtime, docs/deploy.md).
 
 Static quantization: weights symmetric s8 per output channel, inputs asymmetric u8 per tensor over a range
 calibrated on real frames (``calibrate_int8``). A scale computed per frame instead cost an extra pass over the
-input, and every new scale a new oneDNN primitive. The ranges are saved in the model config with a digest of the
-two convs' weights, so a model trained further does not run on stale ranges (``int8_ready`` says no).
+input, and every new scale a new oneDNN primitive. The ranges are saved in the model config with a digest of all the
+model's weights, so a model trained further does not run on stale ranges (``int8_ready`` says no).
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ def head_convs(model: nn.Module) -> list[str]:
     return [name for name in HEAD_CONVS if isinstance(names.get(name), nn.Conv2d)]
 
 
-def weights_digest(model: nn.Module, names: Iterable[str]) -> str:
-    """sha256 of the float weights and biases of the named convs: what the ranges were calibrated for."""
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every weight and buffer: the ranges hold for exactly these. A conv's input range depends on all
+    the layers before it, so a backbone trained further (head frozen) must invalidate them too."""
     digest = hashlib.sha256()
-    for name in names:
-        for p in model.get_submodule(name).parameters(recurse=False):
-            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -80,7 +81,7 @@ def calibrate_int8(model: nn.Module, images: Iterable[str | Path | Image.Image |
         model.train(was_training)
     if not frames:
         raise PSPNetError("int8 calibration needs at least one frame")
-    ranges = {"ranges": {n: [lows[n], highs[n]] for n in names}, "digest": weights_digest(model, names),
+    ranges = {"ranges": {n: [lows[n], highs[n]] for n in names}, "digest": weights_digest(model),
               "frames": frames}
     model.config["int8_ranges"] = ranges
     return ranges
@@ -91,8 +92,7 @@ def int8_ready(model: nn.Module) -> bool:
     ranges = getattr(model, "config", {}).get("int8_ranges")
     if not ranges:
         return False
-    names = list(ranges["ranges"])
-    return names == head_convs(model) and ranges["digest"] == weights_digest(model, names)
+    return list(ranges["ranges"]) == head_convs(model) and ranges["digest"] == weights_digest(model)
 
 
 def int8_available() -> bool:

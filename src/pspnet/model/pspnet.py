@@ -158,7 +158,7 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
             # the stored mask value of each class (e.g. [0, 255]), so outputs go back in the user's values
             "mask_values": [int(v) for v in mask_values] if mask_values is not None else None,
             "eval_scale": float(eval_scale),
-            # calibrated input ranges of the head's int8 convs (pspnet.inference.int8), with a digest of their weights
+            # calibrated input ranges of the head's int8 convs (pspnet.inference.int8), with a digest of the weights
             "int8_ranges": int8_ranges,
         }
         resnet_depth = {f"resnet{d}": d for d in DEPTHS}.get(backbone)
