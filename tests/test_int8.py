@@ -124,3 +124,18 @@ def test_calibrate_cli_writes_a_calibrated_copy_and_never_replaces_a_folder(tmp_
     empty.mkdir()
     assert main(args[:3] + ["--images", str(empty), "--out", str(tmp_path / "x")]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bundled_ranges_are_what_pspnet_calibrate_takes_on_camvid_train(camvid_root, tmp_path, capsys):
+    """The published ranges are reproducible: `pspnet calibrate --images <camvid>/train` with its defaults gives them
+    (to fp32 rounding, which differs between CPU kernels), for the same weights."""
+    from pspnet.cli import main
+
+    bundled = pspnet.load("camvid").config["int8_ranges"]
+    assert main(["calibrate", "--model", "camvid", "--images", str(camvid_root / "train"),
+                 "--out", str(tmp_path / "again")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["digest"] == bundled["digest"] and again["frames"] == bundled["frames"]
+    for name, (low, high) in bundled["ranges"].items():
+        assert again["ranges"][name] == pytest.approx([low, high], rel=1e-3, abs=1e-3)

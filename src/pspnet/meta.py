@@ -1,10 +1,12 @@
 """Class names and palettes: the standard datasets' (filled in when a checkpoint carries none) and defaults; the
-range of the factor a model reads frames at."""
+range of the factor a model reads frames at; how many frames int8 calibrates on."""
 
 from __future__ import annotations
 
 # PSPNet(eval_scale=S), --eval-scale and distill_scales: beyond it a frame is mush or does not fit in memory
 SCALE_RANGE = (0.25, 4.0)
+# pspnet calibrate --count and the release script: frames spread over a folder to record int8 ranges on
+CALIBRATION_FRAMES = 32
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                   "Pedestrian", "Bicyclist"]

@@ -68,9 +68,8 @@ def frame(size: Sequence[int], mean: Sequence[float], std: Sequence[float], batc
     """The sample frame resized to ``size`` (H, W) and normalised, repeated ``batch`` times."""
     from PIL import Image
 
-    from pspnet.data.io import read_image
+    from pspnet.data.io import read_image, to_input
     from pspnet.model.bundled import SAMPLE_IMAGE
-    from pspnet.inference.segmenter import to_input
 
     im = read_image(SAMPLE_IMAGE).resize((int(size[1]), int(size[0])), Image.BILINEAR)
     return to_input([im], mean, std).repeat(batch, 1, 1, 1).to(device)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pspnet.cli.options import add_model
+from pspnet.meta import CALIBRATION_FRAMES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model(p)
     p.add_argument("--images", type=Path, required=True,
                    help="folder of real frames like those the model will segment (e.g. its training images)")
-    p.add_argument("--count", type=int, default=32, help="frames to calibrate on, spread over the folder")
+    p.add_argument("--count", type=int, default=CALIBRATION_FRAMES,
+                   help="frames to calibrate on, spread over the folder")
     p.add_argument("--out", type=Path, required=True, help="new folder for the calibrated model (never replaced)")
     p.set_defaults(func=run)
 

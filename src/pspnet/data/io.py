@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pspnet.errors import PSPNetError
@@ -26,6 +27,9 @@ FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP, GIF, PPM"
 
 class ImageTooLarge(PSPNetError):
     """The header declares more pixels than the caller allows (the server answers 413, not 400)."""
+
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
 
 def open_image(source: str | Path | bytes, decode: bool = True, *, name: str | None = None,
@@ -130,3 +134,37 @@ def list_images(folder: Path) -> list[Path]:
 def spread_evenly(items: list[Path], count: int) -> list[Path]:
     """``count`` of ``items`` (all if fewer), first and last included: calibration frames from across a folder."""
     return [items[round(i * (len(items) - 1) / max(count - 1, 1))] for i in range(min(count, len(items)))]
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """PIL RGB from a path, PIL image, HWC/HW uint8 array or CHW tensor (uint8 or float 0..1)."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
+            raise PSPNetError(f"image tensor must be (C, H, W) with C in 1, 3, 4, got {tuple(t.shape)}")
+        if t.is_floating_point():
+            t = (t.clamp(0, 1) * 255).round()
+        image = t.to(torch.uint8).permute(1, 2, 0).numpy()
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+            raise PSPNetError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+        if arr.dtype != np.uint8:
+            if np.issubdtype(arr.dtype, np.floating):
+                arr = (np.clip(arr, 0, 1) * 255).round()
+            arr = arr.astype(np.uint8)
+        return to_rgb(Image.fromarray(arr))
+    raise PSPNetError(f"unsupported image type {type(image).__name__}")
+
+
+def to_input(images: Sequence[Image.Image], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Same-sized RGB images as the model's input: (N, 3, H, W) float32, scaled to 0..1, then (x - mean) / std."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

@@ -37,8 +37,7 @@ def calibration_frames(folder: str | Path, count: int, mean: Sequence[float], st
     """``count`` frames spread evenly over ``folder``, as normalised (1, 3, H, W) float32 arrays."""
     from PIL import Image
 
-    from pspnet.data.io import list_images, read_image, spread_evenly
-    from pspnet.inference.segmenter import to_input
+    from pspnet.data.io import list_images, read_image, spread_evenly, to_input
 
     folder = Path(folder)
     if not folder.is_dir():

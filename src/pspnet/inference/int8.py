@@ -14,15 +14,12 @@ model's weights, so a model trained further does not run on stale ranges (``int8
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from pspnet.data.io import read_image, to_rgb
+from pspnet.data.io import ImageLike, to_input, to_pil
 from pspnet.device import cpu_int8_beats_bf16
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import ConvAct
@@ -47,12 +44,10 @@ def weights_digest(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def calibrate_int8(model: nn.Module, images: Iterable[str | Path | Image.Image | np.ndarray]) -> dict[str, Any]:
-    """Record the input range of each head conv over ``images`` (real frames like those it will segment: files,
-    PIL images or HWC uint8 arrays) in fp32 eval mode; store it in ``model.config["int8_ranges"]`` (saved with the
+def calibrate_int8(model: nn.Module, images: Iterable[ImageLike]) -> dict[str, Any]:
+    """Record the input range of each head conv over ``images`` (real frames like those it will segment: anything
+    ``Segmenter`` reads) in fp32 eval mode; store it in ``model.config["int8_ranges"]`` (saved with the
     weights by ``save_pretrained``) and return it."""
-    mean = torch.tensor(model.config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(model.config["std"]).view(1, 3, 1, 1)
     names = head_convs(model)
     lows = {name: 0.0 for name in names}
     highs = {name: 0.0 for name in names}
@@ -68,12 +63,7 @@ def calibrate_int8(model: nn.Module, images: Iterable[str | Path | Image.Image |
     device = next(model.parameters()).device
     try:
         for image in images:
-            if isinstance(image, (str, Path)):
-                rgb = read_image(image)
-            else:
-                rgb = to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
-            x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
-            model(((x - mean) / std).to(device))
+            model(to_input([to_pil(image)], model.config["mean"], model.config["std"]).to(device))
             frames += 1
     finally:
         for h in hooks:

@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pspnet.data.io import read_image, to_rgb
+from pspnet.data.io import ImageLike, to_input, to_pil
 from pspnet.device import autocast, resolve_device, resolve_precision
 from pspnet.errors import PSPNetError
 from pspnet.inference.fast import FastPath, fast_model
@@ -24,44 +24,6 @@ from pspnet.inference.predict import MAX_WHOLE_IMAGE_PIXELS, check_mode, predict
 from pspnet.inference.visualize import overlay as draw_overlay
 from pspnet.model.bundled import load
 from pspnet.model.pspnet import PSPNet
-
-ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
-
-
-
-def to_pil(image: ImageLike) -> Image.Image:
-    """PIL RGB from a path, PIL image, HWC/HW uint8 array or CHW tensor (uint8 or float 0..1)."""
-    if isinstance(image, (str, Path)):
-        return read_image(image)
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
-            raise PSPNetError(f"image tensor must be (C, H, W) with C in 1, 3, 4, got {tuple(t.shape)}")
-        if t.is_floating_point():
-            t = (t.clamp(0, 1) * 255).round()
-        image = t.to(torch.uint8).permute(1, 2, 0).numpy()
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[..., 0]
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-            raise PSPNetError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating):
-                arr = (np.clip(arr, 0, 1) * 255).round()
-            arr = arr.astype(np.uint8)
-        return to_rgb(Image.fromarray(arr))
-    raise PSPNetError(f"unsupported image type {type(image).__name__}")
-
-
-def to_input(images: Sequence[Image.Image], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Same-sized RGB images as the model's input: (N, 3, H, W) float32, scaled to 0..1, then (x - mean) / std."""
-    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
 
 class Segmenter:
     """Runs a PSPNet on images of any size and returns class maps at the original resolution."""
