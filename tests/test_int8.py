@@ -139,3 +139,35 @@ def test_bundled_ranges_are_what_pspnet_calibrate_takes_on_camvid_train(camvid_r
     assert again["digest"] == bundled["digest"] and again["frames"] == bundled["frames"]
     for name, (low, high) in bundled["ranges"].items():
         assert again["ranges"][name] == pytest.approx([low, high], rel=1e-3, abs=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_eval_scores_the_labels_predict_gives(tmp_path, precision):
+    """`pspnet eval` runs what predict runs (BN folded, fused, the head in int8 under auto where it is used):
+    its confusion matrix is the one of Segmenter's labels, pixel for pixel."""
+    from PIL import Image
+
+    from pspnet.engine.evaluate import evaluate_model
+    from pspnet.engine.metrics import ConfusionMatrix
+
+    model = small()
+    calibrate_int8(model, frames())
+    rng = np.random.RandomState(3)
+    for folder in ("images/val", "masks/val"):
+        (tmp_path / folder).mkdir(parents=True)
+    masks = []
+    for i, image in enumerate(frames(2, seed=2)):
+        masks.append(rng.randint(0, 3, image.shape[:2]).astype(np.uint8))
+        Image.fromarray(image).save(tmp_path / "images" / "val" / f"{i}.png")
+        Image.fromarray(masks[-1]).save(tmp_path / "masks" / "val" / f"{i}.png")
+    (tmp_path / "dataset.yaml").write_text("classes: [a, b, c]\n")
+
+    metrics = evaluate_model(model, "folder", tmp_path, "val", device="cpu", precision=precision, progress=False)
+    seg = Segmenter(model, device="cpu", precision=precision)
+    expected = ConfusionMatrix(3)
+    for i, mask in enumerate(masks):
+        expected.update(torch.from_numpy(seg(tmp_path / "images" / "val" / f"{i}.png").astype(np.int64)),
+                        torch.from_numpy(mask.astype(np.int64)))
+    assert metrics.confusion_matrix == expected.compute().confusion_matrix
+    assert metrics.path == seg.precision + (" + int8 cls.0, decoder.fuse.0" if seg.int8_layers else "")
+    assert metrics.to_dict()["path"] == metrics.path and f"({metrics.path})" in metrics.table()

@@ -21,6 +21,7 @@ from pspnet.errors import PSPNetError
 from pspnet.files import save_figure
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import check_mode, predict_probs, threshold_prediction  # noqa: F401 (engine's API too)
+from pspnet.inference.segmenter import default_net
 from pspnet.model.bundled import load
 
 
@@ -67,8 +68,9 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                    eval_scale: float | None = None, **dataset_options) -> Metrics:
     """Evaluate a model (a PSPNet, a weights path, a bundled name or an .onnx file) on a dataset split; with
     ``out_dir`` also write metrics.json, per_class_iou.png, confusion_matrix.png (and pr_curve.png for two
-    classes) there. ``threshold``/``positive``: see ``evaluate``. ``eval_scale`` overrides the model's own when
-    ``model`` is a name or path the torch backend loads.
+    classes) there. It runs what ``pspnet predict`` runs (``default_net``: ``precision="auto"`` may put the head in
+    int8; ``"fp32"`` gives the plain model's labels). ``threshold``/``positive``: see ``evaluate``. ``eval_scale``
+    overrides the model's own when ``model`` is a name or path the torch backend loads.
 
     ``backend="onnxruntime"`` measures the deployed ONNX graph itself (an .onnx file: export others first, e.g.
     with ``pspnet.export.onnx.cached_onnx``)."""
@@ -76,17 +78,21 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
 
     from pspnet.data import build_dataset
     from pspnet.data.transforms import eval_transforms
-    from pspnet.device import resolve_device, resolve_precision
+    from pspnet.device import resolve_device
 
     check_mode(mode, crop)
     if crop is not None and len(crop) == 1:
         crop = (crop[0], crop[0])
+    dev = resolve_device("cpu" if uses_onnxruntime(model, backend) else device)
     if uses_onnxruntime(model, backend):
-        model, device, precision = OrtModel(model), "cpu", "fp32"
-    elif isinstance(model, (str, Path)):
-        model = load(model, eval_scale)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+        model = net = OrtModel(model)
+        prec, path = "fp32", "onnxruntime fp32"
+    else:
+        if isinstance(model, (str, Path)):
+            model = load(model, eval_scale)
+        # what predict and serve run (BN folded, fused, bf16/int8 where chosen), so the score is theirs
+        net, prec, int8_layers = default_net(model.to(dev), dev, precision)
+        path = prec + (f" + int8 {', '.join(int8_layers)}" if int8_layers else "")
     ds = build_dataset(dataset, data_root, split, eval_transforms(model.config["mean"], model.config["std"]),
                        **dataset_options)
     if ds.num_classes != model.num_classes:
@@ -94,8 +100,9 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                           f"{ds.num_classes}")
     names = ds.class_names
     subset = Subset(ds, range(min(limit, len(ds)))) if limit else ds
-    metrics = evaluate(model.to(dev), subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
+    metrics = evaluate(net, subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
                        threshold, positive)
+    metrics.path = path
     if out_dir is not None:
         write_report(metrics, out_dir)
     return metrics

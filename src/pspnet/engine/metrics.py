@@ -99,6 +99,7 @@ class Metrics:
     mdice: float = 0.0
     threshold: float | None = None  # two classes: the foreground threshold the predictions used
     pr_curve: dict[str, Any] | None = None  # two classes: PRCurve.compute()
+    path: str | None = None  # how the predictions were computed, e.g. "bf16 + int8 cls.0" (evaluate_model)
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> "Metrics":
@@ -137,6 +138,8 @@ class Metrics:
             out["threshold"] = self.threshold
         if self.pr_curve is not None:
             out["pr_curve"] = self.pr_curve
+        if self.path is not None:
+            out["path"] = self.path
         return out
 
     def table(self) -> str:
@@ -147,7 +150,7 @@ class Metrics:
         lines += [f"{n:<{width}} {fmt(i):>6}  {fmt(d):>6}  {fmt(p):>6}  {fmt(r):>6}"
                   for n, i, d, p, r in zip(self.class_names, self.iou, self.dice, self.precision, self.recall)]
         lines.append(f"mIoU {100 * self.miou:.2f}  mDice {100 * self.mdice:.2f}  mAcc {100 * self.macc:.2f}  "
-                     f"aAcc {100 * self.aacc:.2f}")
+                     f"aAcc {100 * self.aacc:.2f}" + (f"  ({self.path})" if self.path else ""))
         if self.pr_curve is not None:
             c = self.pr_curve
             name = self.class_names[c["positive"]]

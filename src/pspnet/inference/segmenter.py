@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from pspnet.data.io import ImageLike, to_input, to_pil
 from pspnet.device import autocast, resolve_device, resolve_precision
@@ -24,6 +25,23 @@ from pspnet.inference.predict import MAX_WHOLE_IMAGE_PIXELS, check_mode, predict
 from pspnet.inference.visualize import overlay as draw_overlay
 from pspnet.model.bundled import load
 from pspnet.model.pspnet import PSPNet
+
+def default_net(model: PSPNet, device: torch.device, precision: str = "auto") -> tuple[nn.Module, str, list[str]]:
+    """What ``pspnet predict``, ``serve`` and ``eval`` run for ``model``: the network, the precision ``precision``
+    resolves to on ``device``, and the convs that run in int8. ``model`` itself is left as it is."""
+    resolved = resolve_precision(precision, device)
+    # A BN-folded channels_last copy with TF "same" padding as zero taps and each conv's ReLU in the same oneDNN
+    # call: faster on CPUs with identical labels; bf16/fp16 keep >= 99.5% argmax agreement with fp32 only with an
+    # fp32 stem (see pspnet.inference.fast).
+    net = fast_model(model, FastPath(resolved, resolved, fold_bn=True, channels_last=True, fp32_stem=True,
+                                     zero_tap_same=True, fuse_act=True), device)
+    # precision "auto" on a CPU where int8 beats bf16 also runs the head's two big convs in int8 if the model
+    # carries ranges calibrated for its weights (pspnet.inference.int8): >= 99.5% agreement kept
+    if (precision == "auto" and resolved == "bf16" and device.type == "cpu" and int8_ready(model)
+            and int8_available()):
+        return net, resolved, use_int8(net, model.config["int8_ranges"])
+    return net, resolved, []
+
 
 class Segmenter:
     """Runs a PSPNet on images of any size and returns class maps at the original resolution."""
@@ -39,7 +57,7 @@ class Segmenter:
         ``eval_scale``: read frames enlarged by this factor instead of the model's own ``eval_scale`` (a model
         given by name or path; a PSPNet instance or an .onnx file keeps its own)."""
         check_mode(mode, crop)  # before loading a model
-        self.int8_layers: list[str] = []  # the convs that run in int8 (precision auto, see below)
+        self.int8_layers: list[str] = []  # the convs that run in int8 (see default_net)
         if eval_scale is not None and (isinstance(model, PSPNet) or uses_onnxruntime(model, backend)):
             raise PSPNetError("eval_scale applies when the Segmenter loads the model: pass a name or weights path, "
                               "or load it with PSPNet.from_pretrained(..., eval_scale=S) / export it with --eval-scale")
@@ -52,20 +70,7 @@ class Segmenter:
             self.device = resolve_device(device)
             self.model = model if isinstance(model, PSPNet) else load(model, eval_scale)
             self.model.eval().to(self.device)
-            self.precision = resolve_precision(precision, self.device)
-            # What runs is a BN-folded channels_last copy with TF "same" padding as zero taps and each conv's
-            # ReLU in the same oneDNN call: faster on CPUs with identical labels; bf16/fp16 keep >= 99.5% argmax
-            # agreement with fp32 only with an fp32 stem (see pspnet.inference.fast). ``self.model`` stays the
-            # caller's PSPNet, so saving it saves a PSPNet.
-            self._net = fast_model(self.model, FastPath(self.precision, self.precision, fold_bn=True,
-                                                        channels_last=True, fp32_stem=True, zero_tap_same=True,
-                                                        fuse_act=True),
-                                   self.device)
-            # precision "auto" on a CPU where int8 beats bf16 also runs the head's two big convs in int8 if the
-            # model carries ranges calibrated for its weights (pspnet.inference.int8): >= 99.5% agreement kept
-            if (precision == "auto" and self.precision == "bf16" and self.device.type == "cpu"
-                    and int8_ready(self.model) and int8_available()):
-                self.int8_layers = use_int8(self._net, self.model.config["int8_ranges"])
+            self._net, self.precision, self.int8_layers = default_net(self.model, self.device, precision)
         cfg = self.model.config
         self.class_names: list[str] = cfg["class_names"]
         self.palette: list[list[int]] = cfg["palette"]
