@@ -169,6 +169,8 @@ COMMANDS: dict[str, Run | Skip] = {
     "pspnet models": AS_IS,
     "pspnet eval --model camvid --dataset camvid --data-root ../shared/datasets/camvid --split val --out eval/": Run(
         extra="--limit 2 --no-progress", expect=("eval/metrics.json",)),
+    "pspnet eval --model camvid --dataset camvid --data-root ../shared/datasets/camvid --split train --by-sequence": Run(
+        extra="--limit 3 --no-progress"),
     "pspnet eval --model runs/x/best.safetensors --dataset cityscapes --data-root DATA/cityscapes --mode slide "
     "--crop 713 713 --scales 0.5 0.75 1 1.25 1.5 1.75 --flip": Run(
         replace=(("--crop 713 713", "--crop 65 65"), ("--scales 0.5 0.75 1 1.25 1.5 1.75", "--scales 0.5 1")),

@@ -187,3 +187,28 @@ def test_real_camvid_sequence_inventory(camvid_root):
     options = {"holdout_sequences": ["0006R0"], "holdout_from": "train+val"}
     assert len(build_dataset("camvid", camvid_root, "train+val", **options)) == 367
     assert len(build_dataset("camvid", camvid_root, "holdout", **options)) == 101
+
+
+def test_eval_by_sequence_scores_each_drive_and_sums_to_the_overall(camvid_like, tmp_path, capsys):
+    from pspnet import create_model
+    from pspnet.cli import main
+
+    torch.manual_seed(0)
+    model = create_model("pspnet_test_efficientnet", num_classes=11, head_channels=16, aux_channels=8,
+                         output_stride=8)
+    model.save_pretrained(tmp_path / "model")
+    args = ["eval", "--model", str(tmp_path / "model"), "--dataset", "camvid", "--data-root", str(camvid_like),
+            "--split", "train", "--precision", "fp32", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert main(args + ["--by-sequence", "--out", str(tmp_path / "seq")]) == 0
+    out = capsys.readouterr().out
+    assert "IoU % per sequence" in out and all(s in out for s in TRAIN)
+    plain, report = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("plain", "seq"))
+    assert {s: r["frames"] for s, r in report["sequences"].items()} == TRAIN
+    total = sum(np.asarray(r["confusion_matrix"]) for r in report["sequences"].values())
+    assert np.array_equal(total, np.asarray(report["confusion_matrix"]))
+    assert report["confusion_matrix"] == plain["confusion_matrix"] and report["miou"] == plain["miou"]
+    # a pattern the file names do not match is one line naming a file, not a traceback
+    assert main(args + ["--by-sequence", "--data-opt", "sequence_pattern=^zz"]) == 2
+    assert "does not match sequence_pattern" in capsys.readouterr().err

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--positive", type=int, default=1, choices=[0, 1],
                    help="two-class models: the foreground class of --threshold and the precision-recall curve "
                         "(default: 1)")
+    e.add_argument("--by-sequence", action="store_true",
+                   help="also score each video sequence on its own (the file-name prefix before the first '_', or "
+                        "--data-opt sequence_pattern=REGEX): a drive that dominates the split cannot hide another")
     e.add_argument("--limit", type=int, help="only the first N images (a quick look)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=run)
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                              args.scales, args.flip, args.device, args.precision, None, args.limit,
                              not args.no_progress, backend=args.backend, threshold=args.threshold,
                              positive=args.positive, eval_scale=args.eval_scale if args.backend == "torch" else None,
+                             by_sequence=args.by_sequence,
                              **parse_options(args.data_opt))
     print(metrics.table())
     if args.out:

@@ -7,6 +7,7 @@ For two classes the foreground probability is also binned into a precision-recal
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -65,18 +66,21 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                    flip: bool = False, device: str = "auto", precision: str = "auto",
                    out_dir: str | Path | None = None, limit: int | None = None, progress: bool = True,
                    backend: str = "torch", threshold: float | None = None, positive: int = 1,
-                   eval_scale: float | None = None, **dataset_options) -> Metrics:
+                   eval_scale: float | None = None, by_sequence: bool = False, **dataset_options) -> Metrics:
     """Evaluate a model (a PSPNet, a weights path, a bundled name or an .onnx file) on a dataset split; with
     ``out_dir`` also write metrics.json, per_class_iou.png, confusion_matrix.png (and pr_curve.png for two
     classes) there. It runs what ``pspnet predict`` runs (``default_net``: ``precision="auto"`` may put the head in
     int8; ``"fp32"`` gives the plain model's labels). ``threshold``/``positive``: see ``evaluate``. ``eval_scale``
-    overrides the model's own when ``model`` is a name or path the torch backend loads.
+    overrides the model's own when ``model`` is a name or path the torch backend loads. ``by_sequence``: the
+    metrics also carry one set per video sequence (file-name prefix, the dataset option ``sequence_pattern``) in
+    ``metrics.per_sequence``; two-class models then get no precision-recall curve.
 
     ``backend="onnxruntime"`` measures the deployed ONNX graph itself (an .onnx file: export others first, e.g.
     with ``pspnet.export.onnx.cached_onnx``)."""
     from torch.utils.data import Subset
 
     from pspnet.data import build_dataset
+    from pspnet.data.datasets import SEQUENCE_PATTERN
     from pspnet.data.transforms import eval_transforms
     from pspnet.device import resolve_device
 
@@ -100,8 +104,17 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                           f"{ds.num_classes}")
     names = ds.class_names
     subset = Subset(ds, range(min(limit, len(ds)))) if limit else ds
-    metrics = evaluate(net, subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
-                       threshold, positive)
+    if by_sequence:
+        from pspnet.engine.sequences import evaluate_by_sequence
+
+        pattern = dataset_options.get("sequence_pattern", SEQUENCE_PATTERN)
+        per_sequence = evaluate_by_sequence(net, subset, ds.num_classes, pattern, dev, prec, progress, names,
+                                            mode=mode, crop=crop, scales=scales, flip=flip, threshold=threshold,
+                                            positive=positive)
+        metrics = replace(per_sequence.overall, threshold=threshold, per_sequence=per_sequence)
+    else:
+        metrics = evaluate(net, subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
+                           threshold, positive)
     metrics.path = path
     if out_dir is not None:
         write_report(metrics, out_dir)

@@ -9,12 +9,15 @@ Per-class accuracy is the class's recall (kept under both names).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from pspnet.meta import default_class_names
+
+if TYPE_CHECKING:
+    from pspnet.engine.sequences import SequenceMetrics
 
 
 class ConfusionMatrix:
@@ -100,6 +103,7 @@ class Metrics:
     threshold: float | None = None  # two classes: the foreground threshold the predictions used
     pr_curve: dict[str, Any] | None = None  # two classes: PRCurve.compute()
     path: str | None = None  # how the predictions were computed, e.g. "bf16 + int8 cls.0" (evaluate_model)
+    per_sequence: SequenceMetrics | None = None  # evaluate_model(by_sequence=True): one set per video sequence
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> "Metrics":
@@ -140,6 +144,8 @@ class Metrics:
             out["pr_curve"] = self.pr_curve
         if self.path is not None:
             out["path"] = self.path
+        if self.per_sequence is not None:
+            out["sequences"] = self.per_sequence.to_dict()["sequences"]
         return out
 
     def table(self) -> str:
@@ -158,4 +164,6 @@ class Metrics:
             ap = "n/a" if c["average_precision"] is None else f"{c['average_precision']:.3f}"
             lines.append(f"{name} (predicted where its probability >= threshold): {used}; average precision {ap}; "
                          f"best Dice/F1 {c['best_f1']:.3f} at threshold {c['best_threshold']:.2f}")
+        if self.per_sequence is not None:
+            lines += ["", "IoU % per sequence:", self.per_sequence.table()]
         return "\n".join(lines)
