@@ -204,6 +204,8 @@ def test_eval_by_sequence_scores_each_drive_and_sums_to_the_overall(camvid_like,
     assert main(args + ["--by-sequence", "--out", str(tmp_path / "seq")]) == 0
     out = capsys.readouterr().out
     assert "IoU % per sequence" in out and all(s in out for s in TRAIN)
+    assert (tmp_path / "seq" / "per_sequence_iou.png").stat().st_size > 0
+    assert not (tmp_path / "plain" / "per_sequence_iou.png").exists()
     plain, report = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("plain", "seq"))
     assert {s: r["frames"] for s, r in report["sequences"].items()} == TRAIN
     total = sum(np.asarray(r["confusion_matrix"]) for r in report["sequences"].values())

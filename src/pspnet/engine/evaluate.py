@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import check_mode, predict_probs, threshold_prediction  # noqa: F401 (engine's API too)
 from pspnet.inference.segmenter import default_net
 from pspnet.model.bundled import load
+
+if TYPE_CHECKING:
+    from pspnet.engine.sequences import SequenceMetrics
 
 
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "whole",
@@ -181,7 +184,40 @@ def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
     fig.tight_layout()
     save_figure(fig, out / "confusion_matrix.png")
     files = [out / "metrics.json", out / "per_class_iou.png", out / "confusion_matrix.png"]
+    if metrics.per_sequence is not None:
+        files.append(plot_sequences(metrics.per_sequence, out / "per_sequence_iou.png"))
     if metrics.pr_curve is not None:
         files.append(plot_pr_curve(metrics.pr_curve, out / "pr_curve.png", names[metrics.pr_curve["positive"]],
                                    metrics.threshold))
     return files
+
+
+def plot_sequences(result: SequenceMetrics, path: Path) -> Path:
+    """Class IoU per sequence as a heat map (sequences as rows, the overall last, mIoU as the first column): where
+    one drive falls behind the others, and in which classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = result.overall.class_names
+    rows = [*result.sequences.items(), ("overall", result.overall)]
+    grid = np.array([[m.miou] + [np.nan if v is None else v for v in m.iou] for _, m in rows]) * 100
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 3), 0.45 * len(rows) + 1.8))
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    if len(names) <= 30:
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ax.text(j, i, "abs" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}", ha="center", va="center",
+                        fontsize=6, fontweight="bold" if j == 0 else "normal")
+        ax.set_xticks(range(len(names) + 1), ["mIoU", *names], rotation=45, ha="right", fontsize=7)
+    labels = [f"{s} ({result.frames[s]})" for s in result.sequences] + [f"overall ({sum(result.frames.values())})"]
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.axhline(len(rows) - 1.5, color="black", lw=0.8)
+    ax.axvline(0.5, color="black", lw=0.8)
+    ax.set_title("IoU % per sequence (frames)")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
