@@ -24,7 +24,7 @@ import yaml
 
 from pspnet.data import build_dataset
 from pspnet.data.transforms import eval_transforms
-from pspnet.engine.sequences import evaluate_by_sequence
+from pspnet.engine.evaluate import evaluate_by_sequence
 from pspnet.model.pspnet import PSPNet
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,8 +42,8 @@ from pspnet.data.transforms import eval_transforms
 from pspnet.device import cpu_has_native_bf16
 from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.curves import plot_history
-from pspnet.engine.evaluate import write_report
-from pspnet.engine.sequences import SequenceMetrics, evaluate_by_sequence
+from pspnet.engine.evaluate import evaluate_by_sequence, write_report
+from pspnet.engine.metrics import SequenceMetrics
 from pspnet.inference.int8 import calibrate_int8
 from pspnet.inference.segmenter import Segmenter
 from pspnet.meta import CALIBRATION_FRAMES

@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 from pspnet.data import build_dataset
 from pspnet.data.datasets import group_by_sequence, leave_one_sequence_out, sequence_of
 from pspnet.data.transforms import eval_transforms
-from pspnet.engine.sequences import evaluate_by_sequence
+from pspnet.engine.evaluate import evaluate_by_sequence
 from pspnet.errors import PSPNetError
 
 H, W = 8, 12

@@ -1,7 +1,9 @@
 """Dataset evaluation: confusion matrix over every pixel, then metrics, JSON and pictures.
 
 For two classes the foreground probability is also binned into a precision-recall curve, and a
-``threshold`` on it can replace the argmax (argmax is the same as threshold 0.5).
+``threshold`` on it can replace the argmax (argmax is the same as threshold 0.5). Per video sequence
+(``evaluate_by_sequence``): one drive that dominates a split (CamVid val is a single drive) hides how a model does
+on another one, so each sequence gets its own confusion matrix; the overall metrics are their sum.
 """
 
 from __future__ import annotations
@@ -9,24 +11,23 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
+from pspnet.data.datasets import SEQUENCE_PATTERN, SegmentationDataset, group_by_sequence
 from pspnet.device import autocast
-from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve
+from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve, SequenceMetrics
 from pspnet.errors import PSPNetError
 from pspnet.files import save_figure
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import check_mode, predict_probs, threshold_prediction  # noqa: F401 (engine's API too)
 from pspnet.inference.segmenter import default_net
 from pspnet.model.bundled import load
-
-if TYPE_CHECKING:
-    from pspnet.engine.sequences import SequenceMetrics
 
 
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "whole",
@@ -64,6 +65,29 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "
     return metrics
 
 
+def evaluate_by_sequence(model: nn.Module, dataset: SegmentationDataset | Subset, num_classes: int,
+                         pattern: str = SEQUENCE_PATTERN, device: torch.device | str = "cpu",
+                         precision: str = "fp32", progress: bool = True,
+                         class_names: Sequence[str] | None = None, **evaluate_options) -> SequenceMetrics:
+    """``evaluate`` run sequence by sequence (file-name prefix ``pattern``, see ``datasets.sequence_of``).
+
+    ``dataset`` may be a ``Subset`` of a segmentation dataset (``--limit``); ``evaluate_options`` are
+    ``evaluate``'s mode, crop, scales and flip.
+    """
+    base, indices = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else (
+        dataset, list(range(len(dataset))))
+    chosen = set(indices)
+    groups = {s: [i for i in idx if i in chosen] for s, idx in group_by_sequence(base, pattern).items()}
+    groups = {s: idx for s, idx in groups.items() if idx}
+    names = class_names or base.class_names
+    matrices = {}
+    for sequence, idx in groups.items():
+        metrics = evaluate(model, Subset(base, idx), num_classes, device=device, precision=precision,
+                           progress=progress, class_names=names, **evaluate_options)
+        matrices[sequence] = np.asarray(metrics.confusion_matrix, dtype=np.int64)
+    return SequenceMetrics.from_matrices(matrices, {s: len(i) for s, i in groups.items()}, names)
+
+
 def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str | Path, split: str = "val",
                    mode: str = "whole", crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,),
                    flip: bool = False, device: str = "auto", precision: str = "auto",
@@ -83,7 +107,6 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     from torch.utils.data import Subset
 
     from pspnet.data import build_dataset
-    from pspnet.data.datasets import SEQUENCE_PATTERN
     from pspnet.data.transforms import eval_transforms
     from pspnet.device import resolve_device
 
@@ -108,8 +131,6 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     names = ds.class_names
     subset = Subset(ds, range(min(limit, len(ds)))) if limit else ds
     if by_sequence:
-        from pspnet.engine.sequences import evaluate_by_sequence
-
         pattern = dataset_options.get("sequence_pattern", SEQUENCE_PATTERN)
         per_sequence = evaluate_by_sequence(net, subset, ds.num_classes, pattern, dev, prec, progress, names,
                                             mode=mode, crop=crop, scales=scales, flip=flip, threshold=threshold,
@@ -131,7 +152,6 @@ def write_report(metrics: Metrics, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from pspnet.engine.curves import plot_pr_curve
 
@@ -199,7 +219,6 @@ def plot_sequences(result: SequenceMetrics, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = result.overall.class_names
     rows = [*result.sequences.items(), ("overall", result.overall)]

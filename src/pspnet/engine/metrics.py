@@ -9,15 +9,12 @@ Per-class accuracy is the class's recall (kept under both names).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from pspnet.meta import default_class_names
-
-if TYPE_CHECKING:
-    from pspnet.engine.sequences import SequenceMetrics
 
 
 class ConfusionMatrix:
@@ -167,3 +164,36 @@ class Metrics:
         if self.per_sequence is not None:
             lines += ["", "IoU % per sequence:", self.per_sequence.table()]
         return "\n".join(lines)
+
+
+@dataclass
+class SequenceMetrics:
+    """Overall metrics plus one ``Metrics`` per sequence and its frame count."""
+
+    overall: Metrics
+    sequences: dict[str, Metrics]
+    frames: dict[str, int]
+
+    @classmethod
+    def from_matrices(cls, matrices: dict[str, np.ndarray], frames: dict[str, int],
+                      class_names: Sequence[str] | None = None) -> "SequenceMetrics":
+        per = {s: Metrics.from_matrix(m, class_names) for s, m in matrices.items()}
+        overall = Metrics.from_matrix(sum(np.asarray(m, dtype=np.int64) for m in matrices.values()), class_names)
+        return cls(overall, per, dict(frames))
+
+    def to_dict(self) -> dict:
+        return {**self.overall.to_dict(),
+                "sequences": {s: {"frames": self.frames[s], **m.to_dict()} for s, m in self.sequences.items()}}
+
+    def table(self) -> str:
+        """Sequences as rows, classes as columns (IoU %), overall last; 'abs' where a class is absent."""
+        names = self.overall.class_names
+        short = [n[:6] for n in names]
+        width = max([len("overall")] + [len(s) for s in self.sequences])
+        head = f"{'sequence':<{width}} frames   mIoU " + " ".join(f"{n:>6}" for n in short)
+        rows = [head]
+        for label, m, n in [*((s, m, self.frames[s]) for s, m in self.sequences.items()),
+                            ("overall", self.overall, sum(self.frames.values()))]:
+            cells = " ".join("   abs" if v is None else f"{100 * v:6.1f}" for v in m.iou)
+            rows.append(f"{label:<{width}} {n:>6} {100 * m.miou:6.2f} {cells}")
+        return "\n".join(rows)
