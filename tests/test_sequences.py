@@ -214,3 +214,29 @@ def test_eval_by_sequence_scores_each_drive_and_sums_to_the_overall(camvid_like,
     # a pattern the file names do not match is one line naming a file, not a traceback
     assert main(args + ["--by-sequence", "--data-opt", "sequence_pattern=^zz"]) == 2
     assert "does not match sequence_pattern" in capsys.readouterr().err
+
+
+def test_by_sequence_keeps_the_two_class_curve_and_threshold(tmp_path):
+    """One pass gives both: the per-sequence sets and, for two classes, the precision-recall curve."""
+    from pspnet import create_model
+    from pspnet.engine.evaluate import evaluate_model
+
+    rng = np.random.default_rng(0)
+    for seq in ("driveA", "driveB"):
+        for k in range(2):
+            mask = np.repeat(rng.integers(0, 2, (1, 4)), 8, axis=1).repeat(32, 0).astype(np.uint8)
+            image = np.stack([mask * 200, 255 - mask * 200, mask * 0], -1).astype(np.uint8)
+            for sub, arr in (("images", image), ("masks", mask)):
+                (tmp_path / sub / "val").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(tmp_path / sub / "val" / f"{seq}_{k}.png")
+    (tmp_path / "dataset.yaml").write_text("classes: [a, b]\n")
+    torch.manual_seed(0)
+    model = create_model("pspnet_test_efficientnet", num_classes=2, head_channels=16, aux_channels=8, output_stride=8)
+    plain = evaluate_model(model, "folder", tmp_path, device="cpu", precision="fp32", threshold=0.3, progress=False)
+    split = evaluate_model(model, "folder", tmp_path, device="cpu", precision="fp32", threshold=0.3, progress=False,
+                           by_sequence=True)
+    assert split.pr_curve == plain.pr_curve and split.threshold == 0.3
+    assert split.confusion_matrix == plain.confusion_matrix
+    assert split.per_sequence.frames == {"driveA": 2, "driveB": 2}
+    assert split.per_sequence.overall.confusion_matrix == plain.confusion_matrix
+    assert set(split.to_dict()["sequences"]) == {"driveA", "driveB"} and "pr_curve" in split.to_dict()

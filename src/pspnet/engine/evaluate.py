@@ -9,6 +9,7 @@ on another one, so each sequence gets its own confusion matrix; the overall metr
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from pspnet.data.datasets import SEQUENCE_PATTERN, SegmentationDataset, group_by_sequence
+from pspnet.data.datasets import SEQUENCE_PATTERN, SegmentationDataset, sequence_of
 from pspnet.device import autocast
 from pspnet.engine.metrics import ConfusionMatrix, Metrics, PRCurve, SequenceMetrics
 from pspnet.errors import PSPNetError
@@ -34,18 +35,22 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "
              crop: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
              device: torch.device | str = "cpu", precision: str = "fp32", progress: bool = True,
              class_names: Sequence[str] | None = None, threshold: float | None = None,
-             positive: int = 1) -> Metrics:
+             positive: int = 1, sequences: Sequence[str] | None = None) -> Metrics:
     """mIoU, Dice etc. of ``model`` on ``dataset`` (normalised images, masks with 255 = ignore), one image at
     a time. Two classes: ``threshold`` on class ``positive``'s probability replaces the argmax, and the
-    metrics carry the precision-recall curve of class ``positive``."""
+    metrics carry the precision-recall curve of class ``positive``. ``sequences``: the sequence of each item;
+    the metrics then also carry one set per sequence (``metrics.per_sequence``), from the same pass."""
     if threshold is not None and num_classes != 2:
         raise PSPNetError(f"a foreground threshold needs two classes, the model has {num_classes}")
     if num_classes == 2 and positive not in (0, 1):
         raise PSPNetError(f"positive must be class 0 or 1, got {positive}")
+    if sequences is not None and len(sequences) != len(dataset):
+        raise PSPNetError(f"{len(sequences)} sequence names for {len(dataset)} items")
     device = torch.device(device)
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes)
+    by_sequence: dict[str, ConfusionMatrix] = {}
     curve = PRCurve(positive) if num_classes == 2 else None
     align = getattr(model, "align_corners", True)
     try:
@@ -55,13 +60,20 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mode: str = "
                 probs = predict_probs(model, image[None].to(device), num_classes, mode, crop, scales, flip, align)
             pred = probs.argmax(1) if threshold is None else threshold_prediction(probs, threshold, positive)
             cm.update(pred[0], mask)
+            if sequences is not None:
+                by_sequence.setdefault(sequences[i], ConfusionMatrix(num_classes)).update(pred[0], mask)
             if curve is not None:
                 curve.update(probs[0, positive], mask)
     finally:
         model.train(was_training)
-    metrics = cm.compute(class_names or getattr(dataset, "class_names", None))
+    names = class_names or getattr(dataset, "class_names", None)
+    metrics = cm.compute(names)
     metrics.threshold = threshold
     metrics.pr_curve = curve.compute() if curve is not None else None
+    if sequences is not None:
+        frames = dict(sorted(Counter(sequences).items()))
+        per = {s: by_sequence[s].compute(names) for s in frames}
+        metrics.per_sequence = SequenceMetrics(replace(metrics), per, frames)  # a copy: no cycle
     return metrics
 
 
@@ -69,23 +81,24 @@ def evaluate_by_sequence(model: nn.Module, dataset: SegmentationDataset | Subset
                          pattern: str = SEQUENCE_PATTERN, device: torch.device | str = "cpu",
                          precision: str = "fp32", progress: bool = True,
                          class_names: Sequence[str] | None = None, **evaluate_options) -> SequenceMetrics:
-    """``evaluate`` run sequence by sequence (file-name prefix ``pattern``, see ``datasets.sequence_of``).
+    """``evaluate`` with one set of metrics per sequence (file-name prefix ``pattern``, see
+    ``datasets.sequence_of``) beside the overall ones. ``dataset`` may be a ``Subset`` of a segmentation dataset
+    (``--limit``); ``evaluate_options`` are ``evaluate``'s mode, crop, scales, flip, threshold and positive."""
+    metrics = evaluate(model, dataset, num_classes, device=device, precision=precision, progress=progress,
+                       class_names=class_names or _base_dataset(dataset).class_names,
+                       sequences=sequence_names(dataset, pattern), **evaluate_options)
+    return metrics.per_sequence
 
-    ``dataset`` may be a ``Subset`` of a segmentation dataset (``--limit``); ``evaluate_options`` are
-    ``evaluate``'s mode, crop, scales and flip.
-    """
-    base, indices = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, Subset) else (
-        dataset, list(range(len(dataset))))
-    chosen = set(indices)
-    groups = {s: [i for i in idx if i in chosen] for s, idx in group_by_sequence(base, pattern).items()}
-    groups = {s: idx for s, idx in groups.items() if idx}
-    names = class_names or base.class_names
-    matrices = {}
-    for sequence, idx in groups.items():
-        metrics = evaluate(model, Subset(base, idx), num_classes, device=device, precision=precision,
-                           progress=progress, class_names=names, **evaluate_options)
-        matrices[sequence] = np.asarray(metrics.confusion_matrix, dtype=np.int64)
-    return SequenceMetrics.from_matrices(matrices, {s: len(i) for s, i in groups.items()}, names)
+
+def _base_dataset(dataset: SegmentationDataset | Subset) -> SegmentationDataset:
+    return dataset.dataset if isinstance(dataset, Subset) else dataset
+
+
+def sequence_names(dataset: SegmentationDataset | Subset, pattern: str = SEQUENCE_PATTERN) -> list[str]:
+    """The sequence of each item of ``dataset`` (a segmentation dataset or a ``Subset`` of one)."""
+    base = _base_dataset(dataset)
+    indices = list(dataset.indices) if isinstance(dataset, Subset) else range(len(base))
+    return [sequence_of(base.pairs[i][0], pattern) for i in indices]
 
 
 def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str | Path, split: str = "val",
@@ -100,7 +113,7 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
     int8; ``"fp32"`` gives the plain model's labels). ``threshold``/``positive``: see ``evaluate``. ``eval_scale``
     overrides the model's own when ``model`` is a name or path the torch backend loads. ``by_sequence``: the
     metrics also carry one set per video sequence (file-name prefix, the dataset option ``sequence_pattern``) in
-    ``metrics.per_sequence``; two-class models then get no precision-recall curve.
+    ``metrics.per_sequence``.
 
     ``backend="onnxruntime"`` measures the deployed ONNX graph itself (an .onnx file: export others first, e.g.
     with ``pspnet.export.onnx.cached_onnx``)."""
@@ -130,15 +143,10 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
                           f"{ds.num_classes}")
     names = ds.class_names
     subset = Subset(ds, range(min(limit, len(ds)))) if limit else ds
-    if by_sequence:
-        pattern = dataset_options.get("sequence_pattern", SEQUENCE_PATTERN)
-        per_sequence = evaluate_by_sequence(net, subset, ds.num_classes, pattern, dev, prec, progress, names,
-                                            mode=mode, crop=crop, scales=scales, flip=flip, threshold=threshold,
-                                            positive=positive)
-        metrics = replace(per_sequence.overall, threshold=threshold, per_sequence=per_sequence)
-    else:
-        metrics = evaluate(net, subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
-                           threshold, positive)
+    pattern = dataset_options.get("sequence_pattern", SEQUENCE_PATTERN)
+    sequences = sequence_names(subset, pattern) if by_sequence else None
+    metrics = evaluate(net, subset, ds.num_classes, mode, crop, scales, flip, dev, prec, progress, names,
+                       threshold, positive, sequences)
     metrics.path = path
     if out_dir is not None:
         write_report(metrics, out_dir)
