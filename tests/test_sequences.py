@@ -157,13 +157,15 @@ def test_per_sequence_metrics(camvid_like):
     assert limited.frames == {"0001TP": 2, "0006R0": 1}
 
 
-def test_trainer_validates_on_the_held_out_drive(tmp_path):
-    """The current trainer takes the options as they are: dataset_options + val_split: holdout."""
+@pytest.mark.parametrize("held", [["driveB"], ["driveB", "driveC"]])
+def test_trainer_validates_on_the_held_out_drive(tmp_path, held):
+    """The current trainer takes the options as they are: dataset_options + val_split: holdout. Two held-out
+    drives are also scored one by one in the history (and the curve), one drive only pooled."""
     from pspnet.engine.train import TrainConfig, train
 
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
-    for seq in ("driveA", "driveB"):
+    for seq in ("driveA", "driveB", "driveC"):
         for k in range(2):
             mask = np.repeat(rng.integers(0, 2, (1, 4)), 8, axis=1).repeat(32, 0).astype(np.uint8)
             image = np.stack([mask * 200, 255 - mask * 200, mask * 0], -1).astype(np.uint8)
@@ -172,13 +174,18 @@ def test_trainer_validates_on_the_held_out_drive(tmp_path):
                 Image.fromarray(arr).save(root / sub / "train" / f"{seq}_{k}.png")
     (root / "dataset.yaml").write_text("classes: [a, b]\n")
     cfg = TrainConfig.from_dict(dict(
-        dataset="folder", data_root=str(root), dataset_options={"holdout_sequences": ["driveB"]},
+        dataset="folder", data_root=str(root), dataset_options={"holdout_sequences": held},
         train_split="train", val_split="holdout", model="pspnet_test_efficientnet",
         model_kwargs={"head_channels": 16, "aux_channels": 8, "output_stride": 8}, pretrained_backbone=False,
         out_dir=str(tmp_path / "run"), crop_size=[32, 32], batch_size=2, iterations=2, precision="fp32",
         device="cpu", workers=0, eval_every=2, checkpoint_every=2, log_every=1, tensorboard=False))
     result = train(cfg, progress=False)
     assert 0 <= result["best_miou"] <= 1 and (tmp_path / "run" / "best_metrics.json").is_file()
+    val = [h for h in json.loads((tmp_path / "run" / "history.json").read_text()) if "val_miou" in h]
+    by_sequence = val[-1].get("val_miou_by_sequence", {})
+    assert sorted(by_sequence) == (held if len(held) > 1 else [])
+    assert all(0 <= v <= 1 for v in by_sequence.values())
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
 
 
 def test_real_camvid_sequence_inventory(camvid_root):

@@ -12,7 +12,7 @@ from pspnet.files import save_figure
 def plot_history(history: Sequence[dict], path: str | Path, title: str = "Training",
                  stage_starts: Sequence[int] = ()) -> Path:
     """Draw the records that ``engine.train`` keeps (``loss``, ``val_miou`` and, when present,
-    ``val_mdice`` entries) to a PNG.
+    ``val_mdice`` and per-sequence ``val_miou_by_sequence`` entries) to a PNG.
 
     ``stage_starts`` marks where a staged recipe switched to its next run (a dashed line each).
     """
@@ -47,6 +47,11 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         for i, h in enumerate(val):  # alternate above/below so dense evaluations stay readable
             ax2.annotate(f"{100 * h['val_miou']:.1f}", (h["iteration"], 100 * h["val_miou"]), fontsize=7,
                          textcoords="offset points", xytext=(0, 6 if i % 2 == 0 else -12), ha="center")
+        sequences = sorted({s for h in val for s in h.get("val_miou_by_sequence", {})})
+        for s, colour in zip(sequences, ("#8c564b", "#9467bd", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")):
+            each = [h for h in val if s in h.get("val_miou_by_sequence", {})]
+            ax2.plot([h["iteration"] for h in each], [100 * h["val_miou_by_sequence"][s] for h in each], ".:",
+                     color=colour, lw=1, label=f"val mIoU {s}")
         dice = [h for h in val if h.get("val_mdice") is not None]
         if dice:
             ax2.plot([h["iteration"] for h in dice], [100 * h["val_mdice"] for h in dice], "s--", color="#2ca25f",
@@ -56,7 +61,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
         l2, lb2 = ax2.get_legend_handles_labels()
         lines, labels = lines + l2, labels + lb2
     # below the axes: inside, any corner can hide a curve or an evaluation's label
-    ax.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(labels), fontsize=8,
+    ax.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(labels), 5), fontsize=8,
               frameon=False)
     ax.set_title(title)
     fig.tight_layout()

@@ -24,13 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pspnet.data import build_dataset
+from pspnet.data import SEQUENCE_OPTIONS, build_dataset
+from pspnet.data.datasets import SEQUENCE_PATTERN
 from pspnet.data.transforms import Augment, eval_transforms, train_transforms
 from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.curves import plot_history
 from pspnet.engine.distill import Teachers
-from pspnet.engine.evaluate import evaluate
+from pspnet.engine.evaluate import evaluate, sequence_names
 from pspnet.engine.loggers import RunLogger
 from pspnet.engine.sampling import (EpochSampler, SeededSamples, rare_class_frame_weights, rng_state, seed_everything,
                                    set_rng_state)
@@ -438,18 +439,34 @@ def _diverged(run: Run, value: float, iteration: int) -> PSPNetError:
                                    else "no checkpoint was written yet"))
 
 
+def _val_sequences(run: Run) -> list[str] | None:
+    """The sequence of each val frame when the run splits by sequence (a sequence option in dataset_options) and
+    val holds more than one: each held-out drive is then scored on its own too, not only pooled."""
+    options = run.cfg.dataset_options or {}
+    if not any(key in options for key in SEQUENCE_OPTIONS) or not hasattr(run.val_set, "pairs"):
+        return None
+    names = sequence_names(run.val_set, options.get("sequence_pattern", SEQUENCE_PATTERN))  # type: ignore[arg-type]
+    return names if len(set(names)) > 1 else None
+
+
 def _validate(run: Run, done: int, bar: tqdm) -> None:
     """Evaluate on the val split, log it, keep the best weights and warn if the run has collapsed."""
     t0 = time.perf_counter()
     metrics = evaluate(run.model, run.val_set, run.model.num_classes, device=run.device, precision=run.precision,
-                       progress=False, class_names=run.model.class_names)
+                       progress=False, class_names=run.model.class_names, sequences=_val_sequences(run))
     run.eval_seconds = time.perf_counter() - t0
-    run.history.append({"iteration": done, "val_miou": metrics.miou, "val_mdice": metrics.mdice,
-                        "val_macc": metrics.macc, "val_aacc": metrics.aacc})
-    run.log.scalars({"val/mIoU": metrics.miou, "val/mDice": metrics.mdice, "val/mAcc": metrics.macc}, done)
+    record = {"iteration": done, "val_miou": metrics.miou, "val_mdice": metrics.mdice, "val_macc": metrics.macc,
+              "val_aacc": metrics.aacc}
+    by_sequence = {s: m.miou for s, m in metrics.per_sequence.sequences.items()} if metrics.per_sequence else {}
+    if by_sequence:
+        record["val_miou_by_sequence"] = by_sequence
+    run.history.append(record)
+    run.log.scalars({"val/mIoU": metrics.miou, "val/mDice": metrics.mdice, "val/mAcc": metrics.macc,
+                     **{f"val/mIoU/{s}": v for s, v in by_sequence.items()}}, done)
     run.log.overlays(run.model, run.val_set, run.cfg.tb_images, run.device, run.precision, done)
-    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}  mDice {100 * metrics.mdice:.2f}  "
-              f"mAcc {100 * metrics.macc:.2f}")
+    each = "".join(f", {s} {100 * v:.2f}" for s, v in by_sequence.items())
+    bar.write(f"iteration {done}: val mIoU {100 * metrics.miou:.2f}{f' ({each[2:]})' if each else ''}  "
+              f"mDice {100 * metrics.mdice:.2f}  mAcc {100 * metrics.macc:.2f}")
     warning = collapse_warning(metrics.confusion_matrix, run.model.class_names, done)
     if warning:
         run.log.warning("%s", warning)
