@@ -13,7 +13,9 @@ from pspnet.errors import PSPNetError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("eval", help="evaluate a model on a dataset split (mIoU, per-class IoU, confusion matrix)",
                        description="Prints the per-class table (IoU, Dice, precision, recall) and, with --out, writes "
-                       "metrics.json, per_class_iou.png, confusion_matrix.png and for two classes pr_curve.png.")
+                       "metrics.json, per_class_iou.png, confusion_matrix.png, for two classes pr_curve.png and with "
+                       "--by-sequence per_sequence_iou.png. It scores the labels `pspnet predict` gives (same network "
+                       "and precision).")
     add_model(e)
     add_dataset(e)
     e.add_argument("--split", default="val", help="the split to evaluate")
@@ -30,8 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="two-class models: predict --positive where its probability >= P (default: argmax, i.e. "
                         "0.5); pick P from pr_curve.png")
     e.add_argument("--positive", type=int, default=1, choices=[0, 1],
-                   help="two-class models: the foreground class of --threshold and the precision-recall curve "
-                        "(default: 1)")
+                   help="two-class models: the foreground class of --threshold and the precision-recall curve")
     e.add_argument("--by-sequence", action="store_true",
                    help="also score each video sequence on its own (the file-name prefix before the first '_', or "
                         "--data-opt sequence_pattern=REGEX): a drive that dominates the split cannot hide another")

@@ -51,7 +51,7 @@ def add_precision(parser: argparse.ArgumentParser, default: str | None = "auto")
     parser.add_argument("--precision", default=default, choices=PRECISIONS,
                         help="auto: bf16 where the device computes it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs), "
                              "fp16 autocast on older GPUs, else fp32; on CPUs with AVX512-VNNI and BF16 but no AMX, "
-                             "predict and serve also run a calibrated model's two big head convs in int8")
+                             "predict, eval and serve also run a calibrated model's two big head convs in int8")
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
