@@ -100,7 +100,7 @@ class Metrics:
     threshold: float | None = None  # two classes: the foreground threshold the predictions used
     pr_curve: dict[str, Any] | None = None  # two classes: PRCurve.compute()
     path: str | None = None  # how the predictions were computed, e.g. "bf16 + int8 cls.0" (evaluate_model)
-    per_sequence: SequenceMetrics | None = None  # evaluate_model(by_sequence=True): one set per video sequence
+    per_sequence: SequenceMetrics | None = None  # evaluate(sequences=...): one set per video sequence
 
     @classmethod
     def from_matrix(cls, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> "Metrics":
@@ -173,13 +173,6 @@ class SequenceMetrics:
     overall: Metrics
     sequences: dict[str, Metrics]
     frames: dict[str, int]
-
-    @classmethod
-    def from_matrices(cls, matrices: dict[str, np.ndarray], frames: dict[str, int],
-                      class_names: Sequence[str] | None = None) -> "SequenceMetrics":
-        per = {s: Metrics.from_matrix(m, class_names) for s, m in matrices.items()}
-        overall = Metrics.from_matrix(sum(np.asarray(m, dtype=np.int64) for m in matrices.values()), class_names)
-        return cls(overall, per, dict(frames))
 
     def to_dict(self) -> dict:
         return {**self.overall.to_dict(),
