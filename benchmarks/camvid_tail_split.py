@@ -9,8 +9,9 @@ script measures the second instead: it reruns the cross-sequence chain (the Lite
 the Lite1 teacher, the distilled stage, the short stage after each, then the self-distillation stage whose
 teacher reads crops enlarged 1.5x) on a split that also holds out 0001TP's later third (frames 007950-008520,
 ``holdout_tails``), then prints every end model's fp32 mIoU on 0006R0 and on those frames, at the frame's size
-and enlarged 1.2x. Each stage is ``pspnet train --resume auto`` on the shipped recipe with the split swapped
-in, so an interrupted chain carries on where it stopped; about 4.5 hours on 2 CPU cores.
+and enlarged 1.5x (the bundled model's reading). Each stage is ``pspnet train --resume auto`` on the shipped
+recipe with the split swapped in, so an interrupted chain carries on where it stopped (and a finished one only
+prints); about 4.5 hours on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -70,11 +71,11 @@ def main() -> None:
         subprocess.run(command, check=True)
 
     print("\nfp32 mIoU on the frames no stage trained on: 0006R0 (101) and 0001TP 007950-008520 (20), each model "
-          "reading frames at their own size and enlarged 1.2x (eval_scale, as the bundled model does)")
+          "reading frames at their own size and enlarged 1.5x (eval_scale, as the bundled model does)")
     print(f"{'model':<16} {'scale':>5} {'0006R0':>7} {'0001TP':>7} {'all':>7}")
     held = None
     for name in RESULTS:
-        for scale in (1.0, 1.2):
+        for scale in (1.0, 1.5):
             model = PSPNet.from_pretrained(weights(args.runs, name), aux=False, eval_scale=scale).eval()
             if held is None:  # every result is the Lite0 student: one normalisation, one dataset
                 held = build_dataset("camvid", args.data_root, "holdout",
