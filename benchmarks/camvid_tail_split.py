@@ -26,6 +26,8 @@ import yaml
 from pspnet.data import build_dataset
 from pspnet.data.transforms import eval_transforms
 from pspnet.engine.evaluate import evaluate_by_sequence
+from pspnet.errors import PSPNetError
+from pspnet.model import create_model
 from pspnet.model.pspnet import PSPNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +62,24 @@ def stage_command(runs: Path, data_root: str, name: str, recipe: str, start: str
     return command
 
 
+def check_backbones(runs: Path) -> None:
+    """Fail in seconds, not hours into the chain: each stage still to start from ImageNet weights can load them
+    (the Lite1 teacher needs the `lite` extra offline, or the Hub)."""
+    for name, recipe, _, _ in STAGES:
+        cfg = yaml.safe_load((ROOT / "configs" / f"{recipe}.yaml").read_text())
+        if cfg.get("pretrained_backbone") is True and not (runs / name / "last.pt").exists():
+            try:
+                create_model(cfg["model"], num_classes=11, pretrained_backbone=True, **cfg.get("model_kwargs", {}))
+            except PSPNetError as err:
+                raise SystemExit(f"stage {name} ({recipe}.yaml) cannot start: {err}") from err
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/xtail"), help="where the stages' run folders go")
     parser.add_argument("--data-root", default="../shared/datasets/camvid")
     args = parser.parse_args()
+    check_backbones(args.runs)
     for name, recipe, start, teachers in STAGES:
         command = stage_command(args.runs, args.data_root, name, recipe, start, teachers)
         print("+", " ".join(command), flush=True)

@@ -11,6 +11,7 @@ from pspnet.data import build_dataset
 from pspnet.data.datasets import group_by_sequence
 from pspnet.data.transforms import Augment, train_transforms
 from pspnet.engine.train import TrainConfig
+from pspnet.errors import PSPNetError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -163,3 +164,24 @@ def test_tail_split_benchmark_reruns_the_xseq_chain_with_0001tps_later_frames_he
     assert {s: len(i) for s, i in group_by_sequence(held).items()} == {"0001TP": 20, "0006R0": 101}
     assert max(p.stem for p, _ in train.pairs if p.stem.startswith("0001TP")) == "0001TP_007920"
     assert min(p.stem for p, _ in held.pairs) == "0001TP_007950"
+
+
+def test_tail_split_benchmark_checks_imagenet_weights_before_the_chain(tmp_path, monkeypatch):
+    """A stage that needs ImageNet weights it cannot get stops the chain at once, naming the stage."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tails", CONFIGS.parent / "benchmarks" / "camvid_tail_split.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def no_lite1(name, **kwargs):
+        if name.endswith("lite1") and kwargs.get("pretrained_backbone"):
+            raise PSPNetError("could not fetch ImageNet weights for 'tf_efficientnet_lite1'")
+        return None
+
+    monkeypatch.setattr(bench, "create_model", no_lite1)
+    with pytest.raises(SystemExit, match="stage lite1 .*camvid_lite1_xseq.yaml.*tf_efficientnet_lite1"):
+        bench.check_backbones(tmp_path)
+    (tmp_path / "lite1").mkdir()
+    (tmp_path / "lite1" / "last.pt").write_bytes(b"")  # a stage begun resumes from its own weights
+    bench.check_backbones(tmp_path)
