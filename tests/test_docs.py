@@ -171,6 +171,11 @@ COMMANDS: dict[str, Run | Skip] = {
         extra="--limit 2 --no-progress", expect=("eval/metrics.json",)),
     "pspnet eval --model camvid --dataset camvid --data-root ../shared/datasets/camvid --split train --by-sequence": Run(
         extra="--limit 3 --no-progress"),
+    "pspnet eval --model runs/xtail/finetune/last.safetensors --dataset camvid --data-root ../shared/datasets/camvid "
+    "--split holdout --data-opt 'holdout_sequences=[0006R0]' --data-opt holdout_from=train+val "
+    "--data-opt 'holdout_tails={0001TP: 0.33}' --by-sequence --eval-scale 1.5 --flip": Run(
+        # the tail split's twin takes hours to train: the bundled model stands in for it, on 2 frames
+        replace=(("runs/xtail/finetune/last.safetensors", "camvid"),), extra="--limit 2 --no-progress"),
     "pspnet eval --model runs/x/best.safetensors --dataset cityscapes --data-root DATA/cityscapes --mode slide "
     "--crop 713 713 --scales 0.5 0.75 1 1.25 1.5 1.75 --flip": Run(
         replace=(("--crop 713 713", "--crop 65 65"), ("--scales 0.5 0.75 1 1.25 1.5 1.75", "--scales 0.5 1")),
