@@ -45,6 +45,19 @@ def camvid_like(tmp_path_factory) -> Path:
     return root
 
 
+def write_drives(root: Path, split: str, drives: tuple[str, ...]) -> None:
+    """A two-class folder dataset, two 32x32 frames per drive named ``<drive>_<k>.png``: colour gives the class."""
+    rng = np.random.default_rng(0)
+    for seq in drives:
+        for k in range(2):
+            mask = np.repeat(rng.integers(0, 2, (1, 4)), 8, axis=1).repeat(32, 0).astype(np.uint8)
+            image = np.stack([mask * 200, 255 - mask * 200, mask * 0], -1).astype(np.uint8)
+            for sub, arr in (("images", image), ("masks", mask)):
+                (root / sub / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(root / sub / split / f"{seq}_{k}.png")
+    (root / "dataset.yaml").write_text("classes: [a, b]\n")
+
+
 def sequences(ds) -> dict[str, int]:
     return {s: len(i) for s, i in group_by_sequence(ds).items()}
 
@@ -164,15 +177,7 @@ def test_trainer_validates_on_the_held_out_drive(tmp_path, held):
     from pspnet.engine.train import TrainConfig, train
 
     root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for seq in ("driveA", "driveB", "driveC"):
-        for k in range(2):
-            mask = np.repeat(rng.integers(0, 2, (1, 4)), 8, axis=1).repeat(32, 0).astype(np.uint8)
-            image = np.stack([mask * 200, 255 - mask * 200, mask * 0], -1).astype(np.uint8)
-            for sub, arr in (("images", image), ("masks", mask)):
-                (root / sub / "train").mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(root / sub / "train" / f"{seq}_{k}.png")
-    (root / "dataset.yaml").write_text("classes: [a, b]\n")
+    write_drives(root, "train", ("driveA", "driveB", "driveC"))
     cfg = TrainConfig.from_dict(dict(
         dataset="folder", data_root=str(root), dataset_options={"holdout_sequences": held},
         train_split="train", val_split="holdout", model="pspnet_test_efficientnet",
@@ -228,15 +233,7 @@ def test_by_sequence_keeps_the_two_class_curve_and_threshold(tmp_path):
     from pspnet import create_model
     from pspnet.engine.evaluate import evaluate_model
 
-    rng = np.random.default_rng(0)
-    for seq in ("driveA", "driveB"):
-        for k in range(2):
-            mask = np.repeat(rng.integers(0, 2, (1, 4)), 8, axis=1).repeat(32, 0).astype(np.uint8)
-            image = np.stack([mask * 200, 255 - mask * 200, mask * 0], -1).astype(np.uint8)
-            for sub, arr in (("images", image), ("masks", mask)):
-                (tmp_path / sub / "val").mkdir(parents=True, exist_ok=True)
-                Image.fromarray(arr).save(tmp_path / sub / "val" / f"{seq}_{k}.png")
-    (tmp_path / "dataset.yaml").write_text("classes: [a, b]\n")
+    write_drives(tmp_path, "val", ("driveA", "driveB"))
     torch.manual_seed(0)
     model = create_model("pspnet_test_efficientnet", num_classes=2, head_channels=16, aux_channels=8, output_stride=8)
     plain = evaluate_model(model, "folder", tmp_path, device="cpu", precision="fp32", threshold=0.3, progress=False)
