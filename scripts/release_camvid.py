@@ -38,12 +38,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from pspnet.benchmark.measure import timed
 from pspnet.data import build_dataset
 from pspnet.data.io import list_images, spread_evenly
-from pspnet.data.transforms import eval_transforms
 from pspnet.device import cpu_has_native_bf16
 from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.curves import plot_history
-from pspnet.engine.evaluate import evaluate_by_sequence, write_report
-from pspnet.engine.metrics import SequenceMetrics
+from pspnet.engine.evaluate import evaluate_model, write_report
+from pspnet.engine.metrics import Metrics, SequenceMetrics
 from pspnet.inference.int8 import calibrate_int8
 from pspnet.inference.segmenter import Segmenter
 from pspnet.meta import CALIBRATION_FRAMES
@@ -111,12 +110,31 @@ def train_run(config: Path, run_dir: Path, data_root: str) -> None:
     subprocess.run(command, check=True)
 
 
+def scores(model: PSPNet, cfg: dict, data_root: str, split: str, precision: str = "fp32") -> Metrics:
+    """Metrics, overall and per sequence, of ``model`` on ``split`` of the run's dataset (its sequence options
+    included), on the path ``pspnet eval --precision`` runs (``"auto"``: the default path, whose int8 head runs
+    where the model is calibrated)."""
+    return evaluate_model(model, cfg["dataset"], data_root, split, precision=precision, progress=False,
+                          by_sequence=True, **(cfg.get("dataset_options") or {}))
+
+
 def per_sequence(model: PSPNet, cfg: dict, data_root: str, split: str) -> SequenceMetrics:
-    """Per-sequence metrics of ``model`` on ``split`` of the run's dataset (its sequence options included)."""
-    ds = build_dataset(cfg["dataset"], data_root, split, eval_transforms(model.config["mean"], model.config["std"]),
-                       **(cfg.get("dataset_options") or {}))
-    return evaluate_by_sequence(model, ds, model.num_classes, precision="fp32", progress=False,
-                                class_names=model.class_names)
+    """fp32 metrics of ``model`` on ``split``, one set per sequence beside the overall one."""
+    return scores(model, cfg, data_root, split).per_sequence
+
+
+def held_out_frames(options: dict) -> str:
+    """What a run's sequence options hold out, in words: whole drives and the later part of others."""
+    parts = [f"drive {s}" for s in options.get("holdout_sequences") or []]
+    parts += [f"the later {round(100 * f)}% of drive {s}'s frames" for s, f in (options.get("holdout_tails") or {}).items()]
+    return " and ".join(parts)
+
+
+def calibration_frames(cfg: dict, data_root: str) -> list[Path]:
+    """The int8 calibration frames for a run: 32 spread over the frames it trained on (a cross-sequence twin never
+    sees a held-out frame, not even unlabelled)."""
+    trained = build_dataset(cfg["dataset"], data_root, cfg["train_split"], **(cfg.get("dataset_options") or {}))
+    return spread_evenly(sorted(Path(image) for image, _ in trained.pairs), CALIBRATION_FRAMES)
 
 
 def sequence_rows(result: SequenceMetrics, label: str) -> str:
@@ -166,7 +184,11 @@ def main() -> None:
     scale = args.eval_scale
     xseq_model = PSPNet.from_pretrained(args.xseq_run / "last.safetensors", aux=False, eval_scale=scale).eval()
     held_out = per_sequence(xseq_model, xseq_cfg, args.data_root, "holdout")
-    print("cross-sequence (held-out drives):\n" + held_out.table())
+    print("cross-sequence (held-out frames), fp32:\n" + held_out.table())
+    # the same frames on the default path, the twin's int8 head calibrated on frames it trained on
+    calibrate_int8(xseq_model, calibration_frames(xseq_cfg, args.data_root))
+    held_out_default = scores(xseq_model, xseq_cfg, args.data_root, "holdout", "auto")
+    print("cross-sequence (held-out frames), default path:\n" + held_out_default.table())
     own_size = None  # the same weights reading frames at their own size, for what eval_scale adds
     if scale != 1.0:
         own_size = per_sequence(PSPNet.from_pretrained(args.xseq_run / "last.safetensors", aux=False).eval(),
@@ -183,6 +205,7 @@ def main() -> None:
     # the config, so the default path runs those convs in int8 on AVX512-VNNI CPUs
     calibrate_int8(model, spread_evenly(list_images(Path(args.data_root) / "train"), CALIBRATION_FRAMES))
     seen = {split: per_sequence(model, {"dataset": cfg["dataset"]}, args.data_root, split) for split in ("val", "train")}
+    val_default = scores(model, {"dataset": cfg["dataset"]}, args.data_root, "val", "auto")
     for split, result in seen.items():
         print(f"release model on {split} (trained on):\n" + result.table())
 
@@ -191,7 +214,7 @@ def main() -> None:
     write_report(held_out.overall, docs)  # per-class IoU and confusion matrix of the held-out drives
     (docs / "per_sequence.json").write_text(json.dumps(
         {"cross_sequence": held_out.to_dict(), **{f"release_on_{k}": v.to_dict() for k, v in seen.items()}}, indent=1))
-    held = ", ".join(held_out.sequences)
+    held = held_out_frames(xseq_cfg.get("dataset_options") or {})
     os_, backbone = model.config["output_stride"], model.config["backbone"]
     family = BACKBONE_NAMES.get(backbone, backbone)
     plot_history(xseq_ckpt["history"], docs / "training_curve.png",
@@ -248,15 +271,15 @@ def main() -> None:
     if before is not None:
         starts = (f"Both runs are a further stage on earlier weights: the cross-sequence run {start_of(xseq_cfg)} "
                   f"(which never saw {held}), the release run {start_of(cfg)}. The held-out number measures that "
-                  f"stage added to a model that never saw the drive, which scored {100 * before.overall.miou:.2f}% "
-                  "on it before the stage.")
+                  f"stage added to a model that never saw those frames, which scored "
+                  f"{100 * before.overall.miou:.2f}% on them before the stage.")
     read_at = ""
     if own_size is not None:
         read_at = (f"\n\nThe model reads each frame enlarged {scale:g}x (`eval_scale` in its config: in eval mode the "
                    "input is resized before the backbone and the labels come back at the frame's size). Trained on "
                    "scale-jittered crops, it sees objects larger in training than a frame shows them; the same "
-                   f"cross-sequence weights score {100 * own_size.overall.miou:.2f}% on {held} at the frame's own size. "
-                   "The factor was chosen on the held-out drive as the largest that kept the default path under "
+                   f"cross-sequence weights score {100 * own_size.overall.miou:.2f}% on the held-out frames at the frame's "
+                   "own size. The factor was chosen on held-out frames as the largest that kept the default path under "
                    "60 ms here, and checked on a second split that also holds out 0001TP's later frames "
                    "(docs/sequences-and-augmentation.md). `--eval-scale 1` (predict, eval, serve, export) or "
                    "`pspnet.load(\"camvid\", eval_scale=1.0)` reads frames at their own size.")
@@ -270,7 +293,7 @@ or `pspnet predict --model camvid`.
 
 CamVid val (101 frames) is drive 0016E5, which also gives 204 of the 367 train frames, so val scores memory of
 that street. The schedule and options were therefore chosen on a **cross-sequence split**: a run that never
-sees drive(s) {held} ({len(xseq_trained)} training frames), scored on all frames of the held-out drive(s).
+sees {held} ({len(xseq_trained)} training frames), scored on those {sum(held_out.frames.values())} frames.
 The released weights come from a second run of exactly that schedule on all {sum(frames.values())} labelled frames
 (train + val: {trained}), taken at its last iteration: no checkpoint was chosen by any held-out score.
 {starts}{read_at}
@@ -278,7 +301,9 @@ The released weights come from a second run of exactly that schedule on all {sum
 ## Results (360x480{f", read at {scale:g}x" if scale != 1.0 else ""}, single scale, void ignored)
 
 Cross-sequence (the run with {held} held out, at the end of its schedule; the release run repeats that schedule
-with the held-out drive added): **mIoU {100 * held_out.overall.miou:.2f}%** on {sum(held_out.frames.values())} frames never trained on.
+with those frames added): **mIoU {100 * held_out.overall.miou:.2f}%** on {sum(held_out.frames.values())} frames never trained on (fp32;
+{", ".join(f"{s} {100 * m.miou:.2f}%" for s, m in held_out.sequences.items())}), **{100 * held_out_default.overall.miou:.2f}%** on
+the default path (`{held_out_default.path}`, its int8 head calibrated on {CALIBRATION_FRAMES} frames the run trained on).
 The CamVid test drives (Seq05VD, and the 0001TP frames not in train) are not in the project; they are scored
 outside it. The released model on its own training frames (val is trained on now; these numbers are not a test):
 val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.miou:.2f}%.
@@ -288,8 +313,8 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 {sequence_rows(seen['val'], "val (trained on)")}
 {sequence_rows(seen['train'], "train (trained on)")}
 
-![per-class IoU, held-out drives]({pictures}/per_class_iou.png)
-![confusion matrix, held-out drives]({pictures}/confusion_matrix.png)
+![per-class IoU, held-out frames]({pictures}/per_class_iou.png)
+![confusion matrix, held-out frames]({pictures}/confusion_matrix.png)
 ![training curve of the cross-sequence run]({pictures}/training_curve.png)
 
 ## Model
@@ -301,7 +326,11 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 - Input: RGB scaled to 0..1, normalised with the backbone's mean/std{f"; resized {scale:g}x inside the model in eval mode (`eval_scale`)" if scale != 1.0 else ""}.
 - Latency at 360x480, batch 1, 2 threads on {platform.processor() or platform.machine()}: fp32 {fp32[0]:.0f} ms
   median (p90 {fp32[1]:.0f} ms){bf16_line} for the plain model. `pspnet.Segmenter` / `pspnet predict`
-  (`{fast.precision}`): {fast_ms[0]:.0f} ms per frame including pre- and post-processing ({1000 / fast_ms[0]:.1f} frames/s).
+  (`{val_default.path}`): {fast_ms[0]:.0f} ms per frame including pre- and post-processing ({1000 / fast_ms[0]:.1f} frames/s).
+- int8: on CPUs with AVX512-VNNI and no AMX the default path runs the head's two big convs in int8, with input
+  ranges calibrated on {CALIBRATION_FRAMES} CamVid train frames spread over the folder (`pspnet calibrate --images <camvid>/train`),
+  stored in the config with a digest of the weights (`pspnet.inference.int8`). Val (trained on): default path
+  {100 * val_default.miou:.2f}%, fp32 {100 * seen['val'].overall.miou:.2f}%.
 
 ## Training recipe
 
@@ -316,9 +345,9 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 
 ## Limitations
 
-Classes below 40% IoU on the held-out drive(s): {weak or "none"}. The classifier sees a
+Classes below 40% IoU on the held-out frames (fp32): {weak or "none"}. The classifier sees a
 {-(-round(360 * scale) // grid)}x{-(-round(480 * scale) // grid)} grid for a 360x480 frame (stride {grid}{f" of the {scale:g}x frame" if scale != 1.0 else ""}), so a pole 2-5 pixels wide is one or two cells.
-CamVid has four drives; one held-out drive is a small sample of "unseen footage".
+CamVid has four drives; {held} are a small sample of "unseen footage".
 
 ## License
 
@@ -336,7 +365,8 @@ weights: EfficientNet-Lite (Apache-2.0).
                "release_val_miou_trained_on": seen["val"].overall.miou,
                "release_train_miou_trained_on": seen["train"].overall.miou,
                "latency_ms_fp32": fp32[0], "latency_ms_bf16": bf16[0] if bf16 else None,
-               "segmenter_ms": fast_ms[0], "segmenter_precision": fast.precision, "size_mb": size_mb,
+               "segmenter_ms": fast_ms[0], "segmenter_path": val_default.path,
+               "cross_sequence_miou_default_path": held_out_default.miou, "val_miou_default_path": val_default.miou, "size_mb": size_mb,
                "params": params, "gflop": gflop, "train_hours": train_seconds / 3600, "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count()}
     (docs / "summary.json").write_text(json.dumps(summary, indent=2))

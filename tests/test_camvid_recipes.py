@@ -16,6 +16,16 @@ from pspnet.errors import PSPNetError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def load_script(path: str):
+    """A script of the checkout (benchmarks/, scripts/) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, CONFIGS.parent / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def recipe(name: str) -> tuple[dict, TrainConfig, Augment]:
     raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     rest = {k: v for k, v in raw.items() if k != "augment"}
@@ -50,12 +60,9 @@ def test_recipes_on_the_real_data(camvid_root):
 
 def test_release_script_starts_a_fresh_run_and_resumes_an_interrupted_one(tmp_path, monkeypatch):
     """scripts/release_camvid.py --train must pass ``--resume auto``: a bare ``--resume`` refuses a fresh folder."""
-    import importlib.util
     import subprocess
 
-    spec = importlib.util.spec_from_file_location("release_camvid", CONFIGS.parent / "scripts" / "release_camvid.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/release_camvid.py")
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda command, check: calls.append(command))
     script.train_run(CONFIGS / "camvid_release.yaml", tmp_path / "fresh", "DATA")
@@ -143,11 +150,7 @@ def test_self_distillation_pair_is_taught_by_its_own_start_reading_enlarged_crop
 def test_tail_split_benchmark_reruns_the_xseq_chain_with_0001tps_later_frames_held_out(camvid_root):
     """benchmarks/camvid_tail_split.py: every stage is a shipped cross-sequence recipe with only the split, its
     run folder and its inputs swapped, and the split holds out 0006R0 plus 0001TP after frame 007920."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tails", CONFIGS.parent / "benchmarks" / "camvid_tail_split.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/camvid_tail_split.py")
     runs = Path("R")
     for name, recipe_name, start, teachers in bench.STAGES:
         command = bench.stage_command(runs, "DATA", name, recipe_name, start, teachers)
@@ -168,11 +171,7 @@ def test_tail_split_benchmark_reruns_the_xseq_chain_with_0001tps_later_frames_he
 
 def test_tail_split_benchmark_checks_imagenet_weights_before_the_chain(tmp_path, monkeypatch):
     """A stage that needs ImageNet weights it cannot get stops the chain at once, naming the stage."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tails", CONFIGS.parent / "benchmarks" / "camvid_tail_split.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/camvid_tail_split.py")
 
     def no_lite1(name, **kwargs):
         if name.endswith("lite1") and kwargs.get("pretrained_backbone"):
@@ -185,3 +184,33 @@ def test_tail_split_benchmark_checks_imagenet_weights_before_the_chain(tmp_path,
     (tmp_path / "lite1").mkdir()
     (tmp_path / "lite1" / "last.pt").write_bytes(b"")  # a stage begun resumes from its own weights
     bench.check_backbones(tmp_path)
+
+
+def test_fullframe_pair_is_one_stage_on_the_tail_split_twin_and_on_the_bundled_weights():
+    """The whole-frame stage is measured on the tail split, from that split's twin of the bundled weights, and the
+    release twin is the same stage from the bundled weights; the bundled file has no aux head, so neither trains one."""
+    xseq, xseq_cfg, xseq_augment = recipe("camvid_xseq_fullframe")
+    release, cfg, augment = recipe("camvid_release_fullframe")
+    bench = load_script("benchmarks/camvid_tail_split.py")
+    assert xseq_cfg.val_split == "holdout" and xseq_cfg.dataset_options == bench.SPLIT
+    assert xseq_cfg.init_weights == bench.weights(Path("runs/xtail"), "distill_short")
+    assert bench.STAGES[[s[0] for s in bench.STAGES].index("distill_short")][1] == "camvid_xseq_polish"
+    assert cfg.init_weights == f"{recipe('camvid_release_distill_polish')[1].out_dir}/last.safetensors"
+    assert xseq_cfg.aux_weight == cfg.aux_weight == 0
+    assert xseq_cfg.model_kwargs["eval_scale"] == cfg.model_kwargs["eval_scale"] == 1.5
+    assert tuple(cfg.crop_size) == (360, 480) and tuple(cfg.scale) == (1.0, 2.0)
+    assert cfg.train_split == "train+val" and cfg.val_split is None and augment == xseq_augment
+    differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
+    assert differ == {"val_split", "dataset_options", "init_weights", "out_dir", "eval_every"}
+
+
+def test_release_script_names_and_keeps_out_the_held_out_frames(camvid_root):
+    """The card says what a tail split holds out, and a twin's int8 head is calibrated only on frames it trained on."""
+    script = load_script("scripts/release_camvid.py")
+    raw, cfg, _ = recipe("camvid_xseq_fullframe")
+    assert script.held_out_frames(raw["dataset_options"]) == "drive 0006R0 and the later 33% of drive 0001TP's frames"
+    assert script.held_out_frames({"holdout_sequences": ["0006R0"]}) == "drive 0006R0"
+    frames = script.calibration_frames(raw, str(camvid_root))
+    held = build_dataset(cfg.dataset, camvid_root, "holdout", **cfg.dataset_options)
+    assert len(set(frames)) == 32 and not set(frames) & {Path(p) for p, _ in held.pairs}
+    assert {f.name.split("_")[0] for f in frames} == {"0001TP", "0016E5"}
