@@ -75,6 +75,13 @@ EARLIER_FITS = {
                                                            "distilled from the weights bundled from 37f5af6 and a "
                                                            "Lite1 model)",
 }
+# the same for a cross-sequence run's start: a twin of a bundled fit that never saw the held-out frames
+TWIN_FITS = {
+    "runs/xtail/distill_short/last.safetensors": "the tail split's twin of the weights bundled from de933b7: "
+                                                 "benchmarks/camvid_tail_split.py reruns their cross-sequence chain "
+                                                 "from the ImageNet backbone with 0006R0 and 0001TP's later third "
+                                                 "held out",
+}
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
                 "configs/camvid_lite0.yaml, camvid_lite0_stage2.yaml, camvid_lite0_decoder.yaml")
@@ -85,7 +92,9 @@ def start_of(cfg: dict) -> str:
     init = cfg.get("init_weights")
     if not init:
         return "ImageNet backbone"
-    return f"from `{init}`" + (f" ({EARLIER_FITS[init]}; {THREE_STAGES})" if init in EARLIER_FITS else "")
+    if init in EARLIER_FITS:
+        return f"from `{init}` ({EARLIER_FITS[init]}; {THREE_STAGES})"
+    return f"from `{init}`" + (f" ({TWIN_FITS[init]})" if init in TWIN_FITS else "")
 
 
 def latency_ms(call: Callable[[], object], runs: int = 20) -> tuple[float, float]:

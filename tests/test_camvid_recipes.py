@@ -176,7 +176,6 @@ def test_tail_split_benchmark_checks_imagenet_weights_before_the_chain(tmp_path,
     def no_lite1(name, **kwargs):
         if name.endswith("lite1") and kwargs.get("pretrained_backbone"):
             raise PSPNetError("could not fetch ImageNet weights for 'tf_efficientnet_lite1'")
-        return None
 
     monkeypatch.setattr(bench, "create_model", no_lite1)
     with pytest.raises(SystemExit, match="stage lite1 .*camvid_lite1_xseq.yaml.*tf_efficientnet_lite1"):
