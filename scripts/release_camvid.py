@@ -195,7 +195,8 @@ def main() -> None:
     held_out = per_sequence(xseq_model, xseq_cfg, args.data_root, "holdout")
     print("cross-sequence (held-out frames), fp32:\n" + held_out.table())
     # the same frames on the default path, the twin's int8 head calibrated on frames it trained on
-    calibrate_int8(xseq_model, calibration_frames(xseq_cfg, args.data_root))
+    twin_calibration = calibration_frames(xseq_cfg, args.data_root)
+    calibrate_int8(xseq_model, twin_calibration)
     held_out_default = scores(xseq_model, xseq_cfg, args.data_root, "holdout", "auto")
     print("cross-sequence (held-out frames), default path:\n" + held_out_default.table())
     own_size = None  # the same weights reading frames at their own size, for what eval_scale adds
@@ -311,8 +312,8 @@ The released weights come from a second run of exactly that schedule on all {sum
 
 Cross-sequence (the run with {held} held out, at the end of its schedule; the release run repeats that schedule
 with those frames added): **mIoU {100 * held_out.overall.miou:.2f}%** on {sum(held_out.frames.values())} frames never trained on (fp32;
-{", ".join(f"{s} {100 * m.miou:.2f}%" for s, m in held_out.sequences.items())}), **{100 * held_out_default.overall.miou:.2f}%** on
-the default path (`{held_out_default.path}`, its int8 head calibrated on {CALIBRATION_FRAMES} frames the run trained on).
+{", ".join(f"{s} {100 * m.miou:.2f}%" for s, m in held_out.sequences.items())}), **{100 * held_out_default.miou:.2f}%** on
+the default path (`{held_out_default.path}`, its int8 head calibrated on {len(twin_calibration)} frames the run trained on).
 The CamVid test drives (Seq05VD, and the 0001TP frames not in train) are not in the project; they are scored
 outside it. The released model on its own training frames (val is trained on now; these numbers are not a test):
 val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.miou:.2f}%.
@@ -375,7 +376,8 @@ weights: EfficientNet-Lite (Apache-2.0).
                "release_train_miou_trained_on": seen["train"].overall.miou,
                "latency_ms_fp32": fp32[0], "latency_ms_bf16": bf16[0] if bf16 else None,
                "segmenter_ms": fast_ms[0], "segmenter_path": val_default.path,
-               "cross_sequence_miou_default_path": held_out_default.miou, "val_miou_default_path": val_default.miou, "size_mb": size_mb,
+               "cross_sequence_miou_default_path": held_out_default.miou, "val_miou_default_path": val_default.miou,
+               "size_mb": size_mb,
                "params": params, "gflop": gflop, "train_hours": train_seconds / 3600, "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count()}
     (docs / "summary.json").write_text(json.dumps(summary, indent=2))

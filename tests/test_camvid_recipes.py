@@ -213,3 +213,58 @@ def test_release_script_names_and_keeps_out_the_held_out_frames(camvid_root):
     held = build_dataset(cfg.dataset, camvid_root, "holdout", **cfg.dataset_options)
     assert len(set(frames)) == 32 and not set(frames) & {Path(p) for p, _ in held.pairs}
     assert {f.name.split("_")[0] for f in frames} == {"0001TP", "0016E5"}
+
+
+@pytest.mark.slow
+def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkeypatch):
+    """scripts/release_camvid.py on two tiny runs of the whole-frame pair (a tail split and its release twin, both a
+    further stage on earlier weights): it writes weights that read at the given scale with int8 ranges, a card
+    that names the held-out frames and the default path's scores, the pictures and summary.json."""
+    import json
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from pspnet.engine.train import train
+    from pspnet.model import create_model
+    from pspnet.model.pspnet import PSPNet
+    from pspnet.model.serialization import save_safetensors
+
+    data = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    for split, frames in (("train", {"0001TP": 3, "0006R0": 2, "0016E5": 2}), ("val", {"0016E5": 2})):
+        for seq, n in frames.items():
+            for k in range(n):
+                for folder, arr in ((split, rng.integers(0, 256, (32, 48, 3))), (f"{split}annot", rng.integers(0, 12, (32, 48)))):
+                    (data / folder).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(arr.astype(np.uint8)).save(data / folder / f"{seq}_{split}{k:05d}.png")
+    start = tmp_path / "start.safetensors"
+    save_safetensors(create_model("pspnet_tf_efficientnet_lite0", num_classes=11, output_stride=16,
+                                  decoder_channels=128), start)
+    runs = {}
+    for name in ("xseq", "release"):
+        raw = yaml.safe_load((CONFIGS / f"camvid_{name}_fullframe.yaml").read_text())
+        raw.update(data_root=str(data), init_weights=str(start), out_dir=str(tmp_path / name), crop_size=[32, 48],
+                   batch_size=2, iterations=2, warmup_iters=0, eval_every=2, checkpoint_every=2, log_every=1)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+        train(TrainConfig.from_dict(raw), progress=False)
+        runs[name] = tmp_path / name
+    weights, docs = tmp_path / "weights", tmp_path / "docs"
+    monkeypatch.setattr(sys, "argv", ["release_camvid.py", str(runs["xseq"]), str(runs["release"]),
+                                      "--xseq-config", str(tmp_path / "xseq.yaml"),
+                                      "--release-config", str(tmp_path / "release.yaml"), "--data-root", str(data),
+                                      "--weights-dir", str(weights), "--docs-dir", str(docs), "--eval-scale", "1.5"])
+    load_script("scripts/release_camvid.py").main()
+
+    model = PSPNet.from_pretrained(weights / "camvid.safetensors")
+    assert model.eval_scale == 1.5 and set(model.config["int8_ranges"]["ranges"]) == {"cls.0", "decoder.fuse.0"}
+    card = (weights / "camvid.md").read_text()
+    assert "sees drive 0006R0 and the later 33% of drive 0001TP's frames (6 training frames)" in card
+    summary = json.loads((docs / "summary.json").read_text())
+    assert 0 <= summary["cross_sequence_miou_default_path"] <= 1 and summary["eval_scale"] == 1.5
+    assert f"**{100 * summary['cross_sequence_miou_default_path']:.2f}%** on\nthe default path (`" in card
+    assert f"`{summary['segmenter_path']}`" in card and f"from `{start}`" in card
+    assert "its int8 head calibrated on 6 frames the run trained on" in card
+    assert {p.name for p in docs.iterdir()} >= {"per_class_iou.png", "confusion_matrix.png", "training_curve.png",
+                                                 "sample_overlay.png", "per_sequence.json"}
