@@ -8,8 +8,9 @@ they start; the bundled weights are the last of these):
     python scripts/release_camvid.py --train runs/camvid_xseq_polish runs/camvid_release_polish \
         --xseq-config configs/camvid_xseq_polish.yaml --release-config configs/camvid_release_polish.yaml
 
-1. The cross-sequence run (configs/camvid_lite0_xseq.yaml) trains with whole drives held out; its weights at
-   the end of the schedule are evaluated per sequence on the held-out drives: the honest number.
+1. The cross-sequence run (configs/camvid_lite0_xseq.yaml) trains with whole drives held out (and, with
+   ``holdout_tails``, the later frames of others); its weights at the end of the schedule are evaluated per
+   sequence on the held-out frames, in fp32 and on the default path: the honest number.
 2. The release run (configs/camvid_release.yaml) repeats that schedule on train+val (468 frames) with nothing
    held out; its last weights are released, no checkpoint is picked by a held-out score.
 
