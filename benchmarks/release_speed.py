@@ -5,7 +5,7 @@
 
 Times ``pspnet.Segmenter(...)(frame)`` with precision ``auto`` (what ``pspnet predict`` and ``serve`` run: BN
 folded, channels_last, native bf16 where the CPU has it, the head's calibrated convs in int8 where it has AVX512-VNNI
-and no AMX) on the bundled sample frame (360x480), for
+and no AMX) on this checkout's bundled sample frame (360x480; an older checkout may not name it), for
 
 - the bundled model of this checkout;
 - ``--against-checkout DIR``: the bundled model of another checkout, run by that checkout's code (``DIR/src`` first
@@ -53,20 +53,18 @@ def lraspp() -> Callable[[object], object]:
     return run
 
 
-def worker(spec: str, calls: int, threads: int) -> None:
-    """Time one model (``bundled``, ``lraspp`` or ``weights:PATH``) in this process; print one JSON line.
-
-    Uses only what every release has (``Segmenter``, ``SAMPLE_IMAGE``): it also runs under an older checkout."""
+def worker(spec: str, calls: int, threads: int, frame_path: Path) -> None:
+    """Time one model (``bundled``, ``lraspp`` or ``weights:PATH``) on ``frame_path`` in this process; print one JSON
+    line. Uses only what every release has (``Segmenter``): it also runs under an older checkout."""
     import numpy as np
     import torch
     from PIL import Image
 
     import pspnet
     from pspnet.inference.segmenter import Segmenter
-    from pspnet.model.bundled import SAMPLE_IMAGE
 
     torch.set_num_threads(threads)
-    frame = np.array(Image.open(SAMPLE_IMAGE).convert("RGB"))  # writable: torch.from_numpy warns otherwise
+    frame = np.array(Image.open(frame_path).convert("RGB"))  # writable: torch.from_numpy warns otherwise
     precision = "fp32"
     if spec == "lraspp":
         call = lraspp()
@@ -87,11 +85,14 @@ def worker(spec: str, calls: int, threads: int) -> None:
 
 
 def run_process(spec: str, calls: int, threads: int, src: Path | None) -> dict:
+    from pspnet.model.bundled import SAMPLE_IMAGE  # this checkout's sample frame, for every model
+
+
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, __file__, "--worker", spec, "--calls", str(calls), "--threads", str(threads)],
-                         env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--worker", spec, "--calls", str(calls), "--threads", str(threads),
+                          "--frame", str(SAMPLE_IMAGE)], env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{spec} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -106,9 +107,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=30, help="timed calls per process, after 3 warm-up calls")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--frame", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.calls, args.threads)
+        return worker(args.worker, args.calls, args.threads, args.frame)
 
     this_src = Path(__file__).resolve().parents[1] / "src"
     models: dict[str, tuple[str, Path | None]] = {"bundled (this checkout)": ("bundled", this_src)}
