@@ -85,7 +85,8 @@ def worker(spec: str, calls: int, threads: int, frame_path: Path) -> None:
 
 
 def run_process(spec: str, calls: int, threads: int, src: Path | None) -> dict:
-    from pspnet.model.bundled import SAMPLE_IMAGE  # this checkout's sample frame, for every model
+    # this checkout's sample frame, for every model
+    from pspnet.model.bundled import SAMPLE_IMAGE
 
 
     env = dict(os.environ)
