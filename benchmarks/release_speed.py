@@ -88,7 +88,6 @@ def run_process(spec: str, calls: int, threads: int, src: Path | None) -> dict:
     # this checkout's sample frame, for every model
     from pspnet.model.bundled import SAMPLE_IMAGE
 
-
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
