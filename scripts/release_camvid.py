@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pspnet.benchmark.measure import timed
 from pspnet.data import build_dataset
+from pspnet.data.datasets import SegmentationDataset
 from pspnet.data.io import list_images, spread_evenly
 from pspnet.device import cpu_has_native_bf16
 from pspnet.engine.checkpoint import load_checkpoint
@@ -140,10 +141,9 @@ def held_out_frames(options: dict) -> str:
     return " and ".join(parts)
 
 
-def calibration_frames(cfg: dict, data_root: str) -> list[Path]:
+def calibration_frames(trained: SegmentationDataset) -> list[Path]:
     """The int8 calibration frames for a run: 32 spread over the frames it trained on (a cross-sequence twin never
     sees a held-out frame, not even unlabelled)."""
-    trained = build_dataset(cfg["dataset"], data_root, cfg["train_split"], **(cfg.get("dataset_options") or {}))
     return spread_evenly(sorted(Path(image) for image, _ in trained.pairs), CALIBRATION_FRAMES)
 
 
@@ -196,7 +196,9 @@ def main() -> None:
     held_out = per_sequence(xseq_model, xseq_cfg, args.data_root, "holdout")
     print("cross-sequence (held-out frames), fp32:\n" + held_out.table())
     # the same frames on the default path, the twin's int8 head calibrated on frames it trained on
-    twin_calibration = calibration_frames(xseq_cfg, args.data_root)
+    xseq_trained = build_dataset(xseq_cfg["dataset"], args.data_root, xseq_cfg["train_split"],
+                                 **(xseq_cfg.get("dataset_options") or {}))
+    twin_calibration = calibration_frames(xseq_trained)
     calibrate_int8(xseq_model, twin_calibration)
     held_out_default = scores(xseq_model, xseq_cfg, args.data_root, "holdout", "auto")
     print("cross-sequence (held-out frames), default path:\n" + held_out_default.table())
@@ -260,8 +262,6 @@ def main() -> None:
         for s, n in result.frames.items():
             frames[s] = frames.get(s, 0) + n
     trained = " + ".join(f"{s} {n}" for s, n in sorted(frames.items()))
-    xseq_trained = build_dataset(xseq_cfg["dataset"], args.data_root, xseq_cfg["train_split"],
-                                 **(xseq_cfg.get("dataset_options") or {}))
     weak = ", ".join(f"{n} {100 * i:.1f}%" for n, i in zip(names, held_out.overall.iou) if i is not None and i < 0.4)
     xseq_recipe, release_recipe = (os.path.relpath(c.absolute(), ROOT) for c in (args.xseq_config, args.release_config))
     recipe_args = "".join(f" --{k}-config {r}" for k, r in (("xseq", xseq_recipe), ("release", release_recipe))

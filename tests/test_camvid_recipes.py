@@ -209,7 +209,7 @@ def test_release_script_names_and_keeps_out_the_held_out_frames(camvid_root):
     raw, cfg, _ = recipe("camvid_xseq_fullframe")
     assert script.held_out_frames(raw["dataset_options"]) == "drive 0006R0 and the later 33% of drive 0001TP's frames"
     assert script.held_out_frames({"holdout_sequences": ["0006R0"]}) == "drive 0006R0"
-    frames = script.calibration_frames(raw, str(camvid_root))
+    frames = script.calibration_frames(build_dataset(cfg.dataset, camvid_root, cfg.train_split, **cfg.dataset_options))
     held = build_dataset(cfg.dataset, camvid_root, "holdout", **cfg.dataset_options)
     assert len(set(frames)) == 32 and not set(frames) & {Path(p) for p, _ in held.pairs}
     assert {f.name.split("_")[0] for f in frames} == {"0001TP", "0016E5"}
