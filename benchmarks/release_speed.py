@@ -1,7 +1,7 @@
 """Is a new release of the bundled model at least as fast? Its default path side by side with the previous one.
 
     git worktree add ../pspnet-previous PREVIOUS_COMMIT     # the previous release: its code and its weights
-    python benchmarks/release_speed.py --against-checkout ../pspnet-previous [--against OLD.safetensors]
+    python benchmarks/release_speed.py --against-checkout ../pspnet-previous [--against OLD.safetensors ...]
 
 Times ``pspnet.Segmenter(...)(frame)`` with precision ``auto`` (what ``pspnet predict`` and ``serve`` run: BN
 folded, channels_last, native bf16 where the CPU has it, the head's calibrated convs in int8 where it has AVX512-VNNI
@@ -102,7 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against-checkout", type=Path, help="another checkout (e.g. a git worktree of the previous "
                         "release): its bundled model, run by its own code")
-    parser.add_argument("--against", type=Path, help="another weights file (.safetensors), run by this checkout")
+    parser.add_argument("--against", type=Path, action="append", default=[],
+                        help="another weights file or model folder, run by this checkout; may be repeated")
     parser.add_argument("--processes", type=int, default=4, help="processes per model, interleaved (default 4)")
     parser.add_argument("--calls", type=int, default=30, help="timed calls per process, after 3 warm-up calls")
     parser.add_argument("--threads", type=int, default=2)
@@ -119,10 +120,10 @@ def main() -> None:
         if not (src / "pspnet").is_dir():
             raise SystemExit(f"{args.against_checkout}: no src/pspnet in it (a checkout of pspnet is needed)")
         models[f"bundled ({args.against_checkout.name})"] = ("bundled", src)
-    if args.against:
-        if not args.against.is_file():
-            raise SystemExit(f"{args.against}: no such file")
-        models[args.against.name] = (f"weights:{args.against.resolve()}", this_src)
+    for weights in args.against:
+        if not weights.exists():
+            raise SystemExit(f"{weights}: no such file")
+        models[str(weights)] = (f"weights:{weights.resolve()}", this_src)
     models["torchvision LRASPP-MobileNetV3 fp32"] = ("lraspp", None)
 
     results: dict[str, list[dict]] = {name: [] for name in models}

@@ -121,10 +121,10 @@ def test_labels_from_logits_equal_the_argmax_of_the_probabilities(precision):
 
 
 def test_eval_scale_flag_reads_the_bundled_model_at_another_size(tmp_path, seg, capsys):
-    """The bundled model reads frames at 1.5x; --eval-scale 1 is its earlier reading, by CLI as by API."""
-    assert seg.model.eval_scale == 1.5
+    """The bundled model reads frames at 1.33x; --eval-scale 1 is its earlier reading, by CLI as by API."""
+    assert seg.model.eval_scale == 1.33
     at_one = pspnet.Segmenter("camvid", precision="fp32", eval_scale=1.0)
-    assert at_one.model.eval_scale == 1.0 and seg.model.eval_scale == 1.5  # each loads its own copy
+    assert at_one.model.eval_scale == 1.0 and seg.model.eval_scale == 1.33  # each loads its own copy
     expected = at_one(SAMPLE)
     assert (expected != seg(SAMPLE)).any()
     out = tmp_path / "out"

@@ -106,7 +106,7 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
     ``eval_scale``: in eval mode the input is resized by this factor before the backbone (the logits still
     come back at the input size). Why: a model trained on scale-jittered crops sees objects larger than a
     frame shows them and reads frames best somewhat enlarged (Touvron et al., "Fixing the train-test
-    resolution discrepancy", 2019); the bundled CamVid model reads 360x480 frames at 1.5x.
+    resolution discrepancy", 2019); the bundled CamVid model reads 360x480 frames at 1.33x.
     ``int8_ranges``: written by ``pspnet.inference.int8.calibrate_int8``, not by hand.
     Every constructor argument is JSON-serialisable and saved with the weights, so a weights file
     alone rebuilds the model.
