@@ -53,7 +53,7 @@ def lraspp() -> Callable[[object], object]:
     return run
 
 
-def worker(spec: str, calls: int, threads: int, frame_path: Path) -> None:
+def worker(spec: str, calls: int, threads: int, frame_path: Path, precision: str) -> None:
     """Time one model (``bundled``, ``lraspp`` or ``weights:PATH``) on ``frame_path`` in this process; print one JSON
     line. Uses only what every release has (``Segmenter``): it also runs under an older checkout."""
     import numpy as np
@@ -65,11 +65,10 @@ def worker(spec: str, calls: int, threads: int, frame_path: Path) -> None:
 
     torch.set_num_threads(threads)
     frame = np.array(Image.open(frame_path).convert("RGB"))  # writable: torch.from_numpy warns otherwise
-    precision = "fp32"
     if spec == "lraspp":
-        call = lraspp()
+        call, precision = lraspp(), "fp32"
     else:
-        seg = Segmenter("camvid" if spec == "bundled" else spec.removeprefix("weights:"), precision="auto")
+        seg = Segmenter("camvid" if spec == "bundled" else spec.removeprefix("weights:"), precision=precision)
         call, precision = seg, seg.precision
         if getattr(seg, "int8_layers", None):  # releases before int8 have no such attribute
             precision += " + int8 " + ", ".join(seg.int8_layers)
@@ -84,7 +83,7 @@ def worker(spec: str, calls: int, threads: int, frame_path: Path) -> None:
                       "precision": precision, "pspnet": str(Path(pspnet.__file__).parent)}))
 
 
-def run_process(spec: str, calls: int, threads: int, src: Path | None) -> dict:
+def run_process(spec: str, calls: int, threads: int, src: Path | None, precision: str) -> dict:
     # this checkout's sample frame, for every model
     from pspnet.model.bundled import SAMPLE_IMAGE
 
@@ -92,6 +91,7 @@ def run_process(spec: str, calls: int, threads: int, src: Path | None) -> dict:
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, __file__, "--worker", spec, "--calls", str(calls), "--threads", str(threads),
+                          "--precision", precision,
                           "--frame", str(SAMPLE_IMAGE)], env=env, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{spec} failed:\n{out.stderr[-2000:]}")
@@ -107,11 +107,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="processes per model, interleaved (default 4)")
     parser.add_argument("--calls", type=int, default=30, help="timed calls per process, after 3 warm-up calls")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="the pspnet models' precision: fp32 times the path `auto` takes on a CPU without native "
+                             "bf16 (run with ONEDNN_MAX_CPU_ISA=AVX2 to also use only AVX2 kernels)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--frame", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.calls, args.threads, args.frame)
+        return worker(args.worker, args.calls, args.threads, args.frame, args.precision)
 
     this_src = Path(__file__).resolve().parents[1] / "src"
     models: dict[str, tuple[str, Path | None]] = {"bundled (this checkout)": ("bundled", this_src)}
@@ -129,7 +132,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in models}
     for round_ in range(args.processes):
         for name, (spec, src) in models.items():
-            results[name].append(run_process(spec, args.calls, args.threads, src))
+            results[name].append(run_process(spec, args.calls, args.threads, src, args.precision))
         print(f"round {round_ + 1}/{args.processes}: " + ", ".join(
             f"{name} {runs[-1]['ms']:.1f} ms" for name, runs in results.items()), flush=True)
 

@@ -172,6 +172,10 @@ def main() -> None:
     parser.add_argument("--eval-scale", type=float, default=1.0,
                         help="the released model reads frames enlarged by this factor (PSPNet eval_scale); every "
                              "number here is measured at it")
+    parser.add_argument("--fallback-eval-scale", type=float,
+                        help="the reading of the default path where the head's int8 convs do not run (AMX, AVX2-only "
+                             "CPUs, GPUs), so that it stays as fast as the release before it there (PSPNet "
+                             "fallback_eval_scale; the bundled model: 1)")
     args = parser.parse_args()
     weights_dir, docs = args.weights_dir, args.docs_dir
 
@@ -213,7 +217,8 @@ def main() -> None:
                               xseq_cfg, args.data_root, "holdout")
         print("before the stage:\n" + before.table())
     # 2. the released model; val and train are its own training frames, reported as such
-    model = PSPNet.from_pretrained(args.release_run / "last.safetensors", aux=False, eval_scale=scale).eval()
+    model = PSPNet.from_pretrained(args.release_run / "last.safetensors", aux=False, eval_scale=scale,
+                                   fallback_eval_scale=args.fallback_eval_scale).eval()
     # int8 ranges for the head convs, taken as `pspnet calibrate --images <data-root>/train` takes them; stored in
     # the config, so the default path runs those convs in int8 on AVX512-VNNI CPUs
     calibrate_int8(model, spread_evenly(list_images(Path(args.data_root) / "train"), CALIBRATION_FRAMES))
@@ -294,6 +299,10 @@ def main() -> None:
                    "60 ms here, and checked on a second split that also holds out 0001TP's later frames "
                    "(docs/sequences-and-augmentation.md). `--eval-scale 1` (predict, eval, serve, export) or "
                    "`pspnet.load(\"camvid\", eval_scale=1.0)` reads frames at their own size.")
+        if args.fallback_eval_scale is not None:
+            read_at += (f" Where the head's int8 convs do not run, precision `auto` reads at "
+                        f"{args.fallback_eval_scale:g}x (`fallback_eval_scale`); an explicit `--eval-scale` or "
+                        "precision keeps its reading.")
     card = f"""# Model card: `camvid` (bundled)
 
 PSPNet with an ImageNet-pretrained {family} backbone, output stride {os_}{", and a skip decoder at 1/4" if dec else ""}, trained on CamVid

@@ -141,6 +141,42 @@ def test_eval_scale_flag_reads_the_bundled_model_at_another_size(tmp_path, seg, 
         pspnet.Segmenter(seg.model, eval_scale=1.0)
 
 
+
+def test_without_the_int8_head_auto_reads_the_bundled_model_at_its_fallback(monkeypatch, tmp_path):
+    """The 1.33x reading fits the speed budget only with the int8 head (AVX512-VNNI, no AMX). Elsewhere (AMX,
+    AVX2-only, GPUs) ``auto`` reads frames at their own size; an explicit reading or precision is kept."""
+    import pspnet.inference.segmenter as segmenter
+    from pspnet.engine.evaluate import evaluate_model
+    from pspnet.inference.int8 import int8_available
+
+    assert pspnet.load("camvid").config["fallback_eval_scale"] == 1.0
+    assert pspnet.load("camvid", eval_scale=1.2).config["fallback_eval_scale"] is None  # asked for: kept everywhere
+    assert pspnet.load("camvid", eval_scale=1.2, fallback_eval_scale=1.1).config["fallback_eval_scale"] == 1.1
+    if int8_available() and pspnet.Segmenter("camvid").precision == "bf16":
+        assert pspnet.Segmenter("camvid").eval_scale == 1.33
+    monkeypatch.setattr(segmenter, "int8_available", lambda: False)
+    auto = pspnet.Segmenter("camvid")
+    assert auto.int8_layers == [] and auto.eval_scale == 1.0 and auto.model.eval_scale == 1.33
+    at_one = pspnet.Segmenter("camvid", eval_scale=1.0)
+    np.testing.assert_array_equal(auto(SAMPLE), at_one(SAMPLE))
+    assert pspnet.Segmenter("camvid", eval_scale=1.33).eval_scale == 1.33
+    assert pspnet.Segmenter("camvid", precision="fp32").eval_scale == 1.33
+    assert pspnet.Segmenter("camvid", precision=auto.precision).eval_scale == 1.33  # only "auto" falls back
+    for bad in (0.1, 9.0):
+        with pytest.raises(ValueError, match="fallback_eval_scale"):
+            pspnet.PSPNet(num_classes=3, backbone="resnet18", fallback_eval_scale=bad)
+    # eval scores the labels predict gives, and says how it read the frames
+    folder = tmp_path / "data"
+    for sub in ("images/val", "masks/val"):
+        (folder / sub).mkdir(parents=True)
+    Image.open(SAMPLE).save(folder / "images" / "val" / "a.png")
+    Image.fromarray(auto(SAMPLE).astype(np.uint8)).save(folder / "masks" / "val" / "a.png")
+    (folder / "dataset.yaml").write_text("classes: [" + ", ".join(auto.class_names) + "]\n")
+    metrics = evaluate_model("camvid", "folder", folder, "val", device="cpu", progress=False)
+    assert metrics.miou > 0.99 and metrics.path.startswith(auto.precision + ", read at 1x")
+    at_model_scale = evaluate_model("camvid", "folder", folder, "val", device="cpu", progress=False, eval_scale=1.33)
+    assert at_model_scale.miou < 0.95 and "read at" not in at_model_scale.path
+
 def test_eval_flag_eval_scale_measures_that_reading(camvid_root, capsys):
     from pspnet.engine.evaluate import evaluate_model
 

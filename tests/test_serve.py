@@ -34,6 +34,7 @@ class FakeSegmenter:
     num_classes = 3
     batch_size = 4
     mode = "whole"
+    eval_scale = 1.25
 
     def __init__(self, gate: threading.Event | None = None):
         self.gate = gate
@@ -251,6 +252,7 @@ def test_model_metrics_docs_page_and_http_errors(client):
     assert info["input"]["max_bytes"] == 200_000 and info["input"]["max_pixels"] == 100_000
     assert info["input"]["mode"] == "whole" and info["batching"]["max_batch"] == 4
     assert info["int8_layers"] == []  # a segmenter without int8 convs says so
+    assert info["eval_scale"] == 1.25  # the reading the segmenter uses on this machine
     assert client.get("/healthz").json()["status"] == "ok"
 
     assert client.post("/v1/segment", content=encode(gradient())).status_code == 200

@@ -76,8 +76,8 @@ def add_model(parser: argparse.ArgumentParser, default: str = "camvid") -> None:
                              "(its best.safetensors, else last.safetensors) or Hub id")
     parser.add_argument("--eval-scale", type=eval_scale, metavar="S",
                         help="the model reads frames enlarged by S (default: the model's own eval_scale; the bundled "
-                             "camvid model reads at 1.33, --eval-scale 1 is its 1.4x faster, about 1.2 points less "
-                             "accurate reading)")
+                             "camvid model reads at 1.33 where its int8 head runs, else at 1 with precision auto; "
+                             "--eval-scale 1 is its 1.4x faster, about 1.2 points less accurate reading)")
 
 
 def add_dataset(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -27,7 +27,7 @@ from pspnet.errors import PSPNetError
 from pspnet.files import save_figure
 from pspnet.inference.ort import OrtModel, uses_onnxruntime
 from pspnet.inference.predict import check_mode, predict_probs, threshold_prediction  # noqa: F401 (engine's API too)
-from pspnet.inference.segmenter import default_net
+from pspnet.inference.segmenter import default_net, path_name
 from pspnet.model.bundled import load
 
 
@@ -135,7 +135,7 @@ def evaluate_model(model: "str | Path | nn.Module", dataset: str, data_root: str
             model = load(model, eval_scale)
         # what predict and serve run (BN folded, fused, bf16/int8 where chosen), so the score is theirs
         net, prec, int8_layers = default_net(model.to(dev), dev, precision)
-        path = prec + (f" + int8 {', '.join(int8_layers)}" if int8_layers else "")
+        path = path_name(net, model, prec, int8_layers)
     ds = build_dataset(dataset, data_root, split, eval_transforms(model.config["mean"], model.config["std"]),
                        **dataset_options)
     if ds.num_classes != model.num_classes:

@@ -40,7 +40,19 @@ def default_net(model: PSPNet, device: torch.device, precision: str = "auto") ->
     if (precision == "auto" and resolved == "bf16" and device.type == "cpu" and int8_ready(model)
             and int8_available()):
         return net, resolved, use_int8(net, model.config["int8_ranges"])
+    # where the int8 head does not run, an enlarged reading may be slower than its budget: "auto" reads at the
+    # model's fallback (the bundled camvid model: 1.33x with the int8 head, the frame's own size elsewhere)
+    if precision == "auto" and model.config.get("fallback_eval_scale") is not None:
+        net.eval_scale = model.config["fallback_eval_scale"]
     return net, resolved, []
+
+
+def path_name(net: nn.Module, model: PSPNet, precision: str, int8_layers: Sequence[str]) -> str:
+    """How ``default_net`` runs, in words: e.g. "bf16 + int8 cls.0, decoder.fuse.0", "fp32, read at 1x"."""
+    name = precision + (f" + int8 {', '.join(int8_layers)}" if int8_layers else "")
+    if net.eval_scale != model.eval_scale:
+        name += f", read at {net.eval_scale:g}x (fallback_eval_scale: the int8 head does not run here)"
+    return name
 
 
 class Segmenter:
@@ -72,6 +84,8 @@ class Segmenter:
             self.model.eval().to(self.device)
             self._net, self.precision, self.int8_layers = default_net(self.model, self.device, precision)
         cfg = self.model.config
+        # the factor frames are enlarged by before the network: the model's, or its fallback (see default_net)
+        self.eval_scale: float = getattr(self._net, "eval_scale", cfg.get("eval_scale", 1.0))
         self.class_names: list[str] = cfg["class_names"]
         self.palette: list[list[int]] = cfg["palette"]
         self.num_classes: int = cfg["num_classes"]

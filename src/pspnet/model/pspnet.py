@@ -107,6 +107,9 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
     come back at the input size). Why: a model trained on scale-jittered crops sees objects larger than a
     frame shows them and reads frames best somewhat enlarged (Touvron et al., "Fixing the train-test
     resolution discrepancy", 2019); the bundled CamVid model reads 360x480 frames at 1.33x.
+    ``fallback_eval_scale``: the reading ``precision="auto"`` uses where the head's int8 convs do not run, for a
+    model whose ``eval_scale`` only fits its speed budget with them (the bundled CamVid model: 1.0); None: always
+    ``eval_scale``. Setting ``eval_scale`` when loading clears it.
     ``int8_ranges``: written by ``pspnet.inference.int8.calibrate_int8``, not by hand.
     Every constructor argument is JSON-serialisable and saved with the weights, so a weights file
     alone rebuilds the model.
@@ -134,11 +137,13 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
         std: Sequence[float] = IMAGENET_STD,
         mask_values: Sequence[int] | None = None,
         eval_scale: float = 1.0,
+        fallback_eval_scale: float | None = None,
         int8_ranges: dict[str, Any] | None = None,
     ):
         super().__init__()
-        if not SCALE_RANGE[0] <= eval_scale <= SCALE_RANGE[1]:
-            raise ValueError(f"eval_scale must be in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {eval_scale}")
+        for name, scale in (("eval_scale", eval_scale), ("fallback_eval_scale", fallback_eval_scale)):
+            if scale is not None and not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+                raise ValueError(f"{name} must be in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {scale}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -158,6 +163,7 @@ class PSPNet(nn.Module, PSPNetHubMixin, library_name="pspnet", tags=["semantic-s
             # the stored mask value of each class (e.g. [0, 255]), so outputs go back in the user's values
             "mask_values": [int(v) for v in mask_values] if mask_values is not None else None,
             "eval_scale": float(eval_scale),
+            "fallback_eval_scale": None if fallback_eval_scale is None else float(fallback_eval_scale),
             # calibrated input ranges of the head's int8 convs (pspnet.inference.int8), with a digest of the weights
             "int8_ranges": int8_ranges,
         }

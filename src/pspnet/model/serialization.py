@@ -114,11 +114,21 @@ def read_safetensors_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def with_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` updated with ``overrides``. A reading asked for (``eval_scale``) drops the stored fallback reading
+    (``fallback_eval_scale``) unless one is given with it: it is then used on every path."""
+    config = dict(config)
+    if "eval_scale" in overrides:
+        config.pop("fallback_eval_scale", None)
+    return {**config, **overrides}
+
+
 def load_safetensors(path: str | Path, model_cls: type[M], map_location: str = "cpu", **overrides: Any) -> M:
     """Rebuild a model from a safetensors file; ``overrides`` change config values (e.g. ``aux``)."""
     path = Path(path)
     config = read_safetensors_config(path)
-    config.update({k: v for k, v in overrides.items() if k in config or k in ("pretrained_backbone", "eval_scale")})
+    config = with_overrides(config, {k: v for k, v in overrides.items()
+                                     if k in config or k in ("pretrained_backbone", "eval_scale", "fallback_eval_scale")})
     config["pretrained_backbone"] = False
     state = load_file(str(path), device=str(map_location))
     return build_with_state(model_cls, config, state, str(path))
@@ -232,8 +242,8 @@ def load_weights_file(path: str | Path, model_cls: type[M], source: str | None =
                               f"(it has {some_keys(ckpt)}{looks}){hint}")
         if not isinstance(ckpt["config"], Mapping):
             raise PSPNetError(f"{path}: its 'config' is a {type(ckpt['config']).__name__}, not a mapping")
-        model = build_with_state(model_cls, {**ckpt["config"], **overrides, "pretrained_backbone": False}, ckpt["model"],
-                                 str(path))
+        model = build_with_state(model_cls, {**with_overrides(ckpt["config"], overrides), "pretrained_backbone": False},
+                                 ckpt["model"], str(path))
     if dataset:
         _set_dataset(model.config, dataset, str(path))
     return model

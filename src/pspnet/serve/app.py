@@ -327,6 +327,7 @@ def create_app(segmenter: SegmenterLike, *, max_queue: int = 64, max_batch: int 
         "device": str(getattr(segmenter, "device", "cpu")),
         "precision": getattr(segmenter, "precision", None),
         "int8_layers": list(getattr(segmenter, "int8_layers", [])),  # convs that run in int8 (precision auto)
+        "eval_scale": getattr(segmenter, "eval_scale", None),  # frames are enlarged by this before the network
         "input": {
             "formats": ACCEPTED,
             "upload": "multipart field 'image', or the raw image bytes as the body",
