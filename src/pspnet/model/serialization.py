@@ -127,8 +127,8 @@ def load_safetensors(path: str | Path, model_cls: type[M], map_location: str = "
     """Rebuild a model from a safetensors file; ``overrides`` change config values (e.g. ``aux``)."""
     path = Path(path)
     config = read_safetensors_config(path)
-    config = with_overrides(config, {k: v for k, v in overrides.items()
-                                     if k in config or k in ("pretrained_backbone", "eval_scale", "fallback_eval_scale")})
+    known = {*config, "pretrained_backbone", "eval_scale", "fallback_eval_scale"}
+    config = with_overrides(config, {k: v for k, v in overrides.items() if k in known})
     config["pretrained_backbone"] = False
     state = load_file(str(path), device=str(map_location))
     return build_with_state(model_cls, config, state, str(path))
