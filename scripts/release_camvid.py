@@ -295,8 +295,8 @@ def main() -> None:
                    "input is resized before the backbone and the labels come back at the frame's size). Trained on "
                    "scale-jittered crops, it sees objects larger in training than a frame shows them; the same "
                    f"cross-sequence weights score {100 * own_size.overall.miou:.2f}% on the held-out frames at the frame's "
-                   "own size. The factor was chosen on held-out frames as the largest that kept the default path under "
-                   "60 ms here, and checked on a second split that also holds out 0001TP's later frames "
+                   "own size. The factor is the largest whose default path is no slower than the previous release's, "
+                   "timed side by side (benchmarks/release_speed.py --against-checkout), checked on held-out frames "
                    "(docs/sequences-and-augmentation.md). `--eval-scale 1` (predict, eval, serve, export) or "
                    "`pspnet.load(\"camvid\", eval_scale=1.0)` reads frames at their own size.")
         if args.fallback_eval_scale is not None:

@@ -254,11 +254,13 @@ def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", ["release_camvid.py", str(runs["xseq"]), str(runs["release"]),
                                       "--xseq-config", str(tmp_path / "xseq.yaml"),
                                       "--release-config", str(tmp_path / "release.yaml"), "--data-root", str(data),
-                                      "--weights-dir", str(weights), "--docs-dir", str(docs), "--eval-scale", "1.5"])
+                                      "--weights-dir", str(weights), "--docs-dir", str(docs), "--eval-scale", "1.5",
+                                      "--fallback-eval-scale", "1"])
     load_script("scripts/release_camvid.py").main()
 
     model = PSPNet.from_pretrained(weights / "camvid.safetensors")
     assert model.eval_scale == 1.5 and set(model.config["int8_ranges"]["ranges"]) == {"cls.0", "decoder.fuse.0"}
+    assert model.config["fallback_eval_scale"] == 1.0
     card = (weights / "camvid.md").read_text()
     assert "sees drive 0006R0 and the later 33% of drive 0001TP's frames (6 training frames)" in card
     summary = json.loads((docs / "summary.json").read_text())
@@ -266,5 +268,6 @@ def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkey
     assert f"**{100 * summary['cross_sequence_miou_default_path']:.2f}%** on\nthe default path (`" in card
     assert f"`{summary['segmenter_path']}`" in card and f"from `{start}`" in card
     assert "its int8 head calibrated on 6 frames the run trained on" in card
+    assert "precision `auto` reads at 1x (`fallback_eval_scale`)" in card
     assert {p.name for p in docs.iterdir()} >= {"per_class_iou.png", "confusion_matrix.png", "training_curve.png",
                                                  "sample_overlay.png", "per_sequence.json"}
