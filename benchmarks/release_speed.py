@@ -125,7 +125,7 @@ def main() -> None:
         models[f"bundled ({args.against_checkout.name})"] = ("bundled", src)
     for weights in args.against:
         if not weights.exists():
-            raise SystemExit(f"{weights}: no such file")
+            raise SystemExit(f"{weights}: no such file or folder")
         models[str(weights)] = (f"weights:{weights.resolve()}", this_src)
     models["torchvision LRASPP-MobileNetV3 fp32"] = ("lraspp", None)
 
