@@ -64,6 +64,13 @@ def test_teachers_stay_frozen_and_refuse_other_classes_naming_the_file(data, tea
     assert enlarged.shape == probs.shape
     assert torch.allclose(enlarged, F.interpolate(by_hand, (32, 32), mode="bilinear", align_corners=True), atol=1e-5)
 
+    # a teacher saved with its own reading (the bundled file's eval_scale) still reads crops at ``scales`` only
+    reads_enlarged = PSPNet.from_pretrained(teacher_file, eval_scale=1.5)
+    save_safetensors(reads_enlarged, tmp_path / "enlarged.safetensors")
+    assert PSPNet.from_pretrained(tmp_path / "enlarged.safetensors").eval_scale == 1.5
+    assert torch.allclose(Teachers([str(tmp_path / "enlarged.safetensors")], student, temperature=1.0)(x, "fp32"),
+                          probs, atol=1e-5)
+
     other = create_model("pspnet_test_efficientnet", num_classes=5, pretrained_backbone=False, **TINY)
     save_safetensors(other, tmp_path / "five.safetensors")
     with pytest.raises(PSPNetError, match=r"five\.safetensors: this teacher's class count is 5.*has 3"):

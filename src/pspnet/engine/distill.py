@@ -42,7 +42,9 @@ class Teachers(nn.Module):
         super().__init__()
         models = []
         for source in sources:
-            teacher = PSPNet.from_pretrained(source, aux=False)
+            # eval_scale 1: a teacher reads crops at ``scales`` only, not at the reading saved with its weights
+            # (the bundled file's 1.33x would otherwise enlarge every crop the teacher sees, unasked)
+            teacher = PSPNet.from_pretrained(source, aux=False, eval_scale=1.0)
             _check_compatible(source, teacher.config, student.config)
             models.append(teacher.eval().requires_grad_(False))
         self.models = nn.ModuleList(models)
