@@ -49,6 +49,18 @@ def make_folder_dataset(root: Path, n_train: int = 6, n_val: int = 2, num_classe
     return root
 
 
+def write_folder_split(root: Path, pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[str],
+                       split: str = "val") -> Path:
+    """Given images and masks as a folder dataset's ``split`` (images/<split>/<i>.png, masks/<split>/<i>.png)."""
+    for sub in ("images", "masks"):
+        (root / sub / split).mkdir(parents=True, exist_ok=True)
+    for i, (image, mask) in enumerate(pairs):
+        Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    (root / "dataset.yaml").write_text("classes: [" + ", ".join(classes) + "]\n")
+    return root
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_folder_dataset(tmp_path_factory.mktemp("folder"))

@@ -15,6 +15,7 @@ from pspnet.inference.fast import ConvAct
 from pspnet.inference.int8 import Int8Conv, calibrate_int8, head_convs, int8_available, int8_ready
 from pspnet.inference.segmenter import Segmenter
 from pspnet.model.bundled import SAMPLE_IMAGE
+from test_engine import write_folder_split
 
 needs_int8 = pytest.mark.skipif(not int8_available(),
                                 reason="int8 is used on CPUs with AVX512-VNNI and no AMX, with oneDNN's int8 conv")
@@ -145,22 +146,15 @@ def test_bundled_ranges_are_what_pspnet_calibrate_takes_on_camvid_train(camvid_r
 def test_eval_scores_the_labels_predict_gives(tmp_path, precision):
     """`pspnet eval` runs what predict runs (BN folded, fused, the head in int8 under auto where it is used):
     its confusion matrix is the one of Segmenter's labels, pixel for pixel."""
-    from PIL import Image
-
     from pspnet.engine.evaluate import evaluate_model
     from pspnet.engine.metrics import ConfusionMatrix
 
     model = small()
     calibrate_int8(model, frames())
     rng = np.random.RandomState(3)
-    for folder in ("images/val", "masks/val"):
-        (tmp_path / folder).mkdir(parents=True)
-    masks = []
-    for i, image in enumerate(frames(2, seed=2)):
-        masks.append(rng.randint(0, 3, image.shape[:2]).astype(np.uint8))
-        Image.fromarray(image).save(tmp_path / "images" / "val" / f"{i}.png")
-        Image.fromarray(masks[-1]).save(tmp_path / "masks" / "val" / f"{i}.png")
-    (tmp_path / "dataset.yaml").write_text("classes: [a, b, c]\n")
+    images = frames(2, seed=2)
+    masks = [rng.randint(0, 3, image.shape[:2]).astype(np.uint8) for image in images]
+    write_folder_split(tmp_path, list(zip(images, masks)), ["a", "b", "c"])
 
     metrics = evaluate_model(model, "folder", tmp_path, "val", device="cpu", precision=precision, progress=False)
     seg = Segmenter(model, device="cpu", precision=precision)

@@ -13,6 +13,7 @@ import pspnet
 from pspnet.cli import main
 
 from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
+from test_engine import write_folder_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -166,16 +167,13 @@ def test_without_the_int8_head_auto_reads_the_bundled_model_at_its_fallback(monk
         with pytest.raises(ValueError, match="fallback_eval_scale"):
             pspnet.PSPNet(num_classes=3, backbone="resnet18", fallback_eval_scale=bad)
     # eval scores the labels predict gives, and says how it read the frames
-    folder = tmp_path / "data"
-    for sub in ("images/val", "masks/val"):
-        (folder / sub).mkdir(parents=True)
-    Image.open(SAMPLE).save(folder / "images" / "val" / "a.png")
-    Image.fromarray(auto(SAMPLE).astype(np.uint8)).save(folder / "masks" / "val" / "a.png")
-    (folder / "dataset.yaml").write_text("classes: [" + ", ".join(auto.class_names) + "]\n")
+    frame = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    folder = write_folder_split(tmp_path / "data", [(frame, auto(SAMPLE).astype(np.uint8))], auto.class_names)
     metrics = evaluate_model("camvid", "folder", folder, "val", device="cpu", progress=False)
     assert metrics.miou > 0.99 and metrics.path.startswith(auto.precision + ", read at 1x")
     at_model_scale = evaluate_model("camvid", "folder", folder, "val", device="cpu", progress=False, eval_scale=1.33)
     assert at_model_scale.miou < 0.95 and "read at" not in at_model_scale.path
+
 
 def test_eval_flag_eval_scale_measures_that_reading(camvid_root, capsys):
     from pspnet.engine.evaluate import evaluate_model
