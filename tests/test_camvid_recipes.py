@@ -271,3 +271,22 @@ def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkey
     assert "precision `auto` reads at 1x (`fallback_eval_scale`)" in card
     assert {p.name for p in docs.iterdir()} >= {"per_class_iou.png", "confusion_matrix.png", "training_curve.png",
                                                  "sample_overlay.png", "per_sequence.json"}
+
+
+def test_lite2_teacher_pair_and_its_stage_on_the_tail_split_twin():
+    """The Lite2 teacher is trained on the tail split and, with the same schedule, on train+val; the stage it
+    teaches starts from the split's twin of the bundled weights and learns from nothing that saw the held-out frames."""
+    xseq, xseq_cfg, xseq_augment = recipe("camvid_lite2_xseq")
+    release, cfg, augment = recipe("camvid_lite2_release")
+    bench = load_script("benchmarks/camvid_tail_split.py")
+    assert xseq_cfg.model == cfg.model == "pspnet_tf_efficientnet_lite2" and cfg.pretrained_backbone is True
+    assert xseq_cfg.val_split == "holdout" and xseq_cfg.dataset_options == bench.SPLIT
+    assert cfg.train_split == "train+val" and cfg.val_split is None and augment == xseq_augment
+    differ = {k for k in xseq.keys() | release.keys() if xseq.get(k) != release.get(k)}
+    assert differ == {"val_split", "dataset_options", "out_dir", "eval_every"}
+
+    _, stage, _ = recipe("camvid_xseq_lite2_distill")
+    twin = bench.weights(Path("runs/xtail"), "distill_short")
+    assert stage.dataset_options == bench.SPLIT and stage.init_weights == twin
+    assert stage.teachers == [f"{xseq_cfg.out_dir}/last.safetensors", twin]
+    assert stage.model == "pspnet_tf_efficientnet_lite0" and stage.distill_weight > 0
