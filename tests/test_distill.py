@@ -113,3 +113,23 @@ def test_pspnet_train_teachers_flag(data, teacher_file, tmp_path, caplog, capsys
     assert main(cli_args(data, tmp_path / "bad", "--teachers", str(missing))) == 2
     assert f"{missing}: no such file" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before the run folder is made
+
+
+def test_teacher_ensembles_benchmark_scores_the_average_a_distilled_stage_learns_from(teacher_file):
+    """benchmarks/teacher_ensembles.py labels by the teachers' averaged softmax, as ``Teachers`` targets it."""
+    from test_camvid_recipes import load_script
+
+    bench = load_script("benchmarks/teacher_ensembles.py")
+    model = PSPNet.from_pretrained(teacher_file, aux=False).eval()
+    other = PSPNet.from_pretrained(teacher_file, aux=False).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        averaged = bench.Averaged([model, other])(x)
+        target = Teachers([str(teacher_file)], model, temperature=1.0)(x, "fp32")
+        assert torch.allclose(bench.Averaged([model])(x).exp(), target, atol=1e-5)
+        expected = (F.softmax(model(x), 1) + F.softmax(other(x), 1)) / 2
+    assert torch.allclose(averaged.exp(), expected, atol=1e-5)
+    assert bench.SPLIT == load_script("benchmarks/camvid_tail_split.py").SPLIT
