@@ -7,11 +7,12 @@ The CamVid test split is 171 frames of a drive no split here has (Seq05VD) and 6
 the releases stand in for the second with a rule (at most 1 point lost on 0001TP's training frames). This
 script measures the second instead: it reruns the cross-sequence chain (the Lite0 stage, the fine-tuning stage,
 the Lite1 teacher, the distilled stage, the short stage after each, then the self-distillation stage whose
-teacher reads crops enlarged 1.5x) on a split that also holds out 0001TP's later third (frames 007950-008520,
+teacher reads crops enlarged 1.5x; then the Lite2 teacher, the distilled stage with it in place of Lite1 and its
+short stage, and a stage the Lite2 teacher adds to the bundled model's twin) on a split that also holds out 0001TP's later third (frames 007950-008520,
 ``holdout_tails``), then prints every end model's fp32 mIoU on 0006R0 and on those frames, at the frame's size
 and enlarged 1.5x (the bundled model's reading). Each stage is ``pspnet train --resume auto`` on the shipped
 recipe with the split swapped in, so an interrupted chain carries on where it stopped (and a finished one only
-prints); about 4.5 hours on 2 CPU cores.
+prints); about 7 hours on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -41,8 +42,13 @@ STAGES = (
     ("finetune_short", "camvid_xseq_polish", "finetune", ()),
     ("distill_short", "camvid_xseq_polish", "distill", ()),
     ("selfdistill", "camvid_xseq_selfdistill", "distill_short", ("distill_short",)),
+    ("lite2", "camvid_lite2_xseq", None, ()),
+    ("distill_lite2", "camvid_xseq_distill_lite2", "lite0", ("finetune", "lite2")),
+    ("distill_lite2_short", "camvid_xseq_distill_lite2_polish", "distill_lite2", ()),
+    ("lite2_distill", "camvid_xseq_lite2_distill", "distill_short", ("lite2", "distill_short")),
 )
-RESULTS = ("finetune", "distill", "finetune_short", "distill_short", "selfdistill")
+RESULTS = ("finetune", "distill", "finetune_short", "distill_short", "selfdistill", "distill_lite2_short",
+           "lite2_distill")
 
 
 def weights(runs: Path, name: str) -> str:

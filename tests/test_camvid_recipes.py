@@ -290,3 +290,28 @@ def test_lite2_teacher_pair_and_its_stage_on_the_tail_split_twin():
     assert stage.dataset_options == bench.SPLIT and stage.init_weights == twin
     assert stage.teachers == [f"{xseq_cfg.out_dir}/last.safetensors", twin]
     assert stage.model == "pspnet_tf_efficientnet_lite0" and stage.distill_weight > 0
+
+
+def test_lite2_taught_chain_is_the_bundled_chain_with_lite2_in_place_of_lite1():
+    """Only the teacher differs from the chain the bundled weights came from, on the tail split and for the
+    release; each short stage starts where its own split's distilled stage ended."""
+    bench = load_script("benchmarks/camvid_tail_split.py")
+    for old, new in (("camvid_xseq_distill", "camvid_xseq_distill_lite2"),
+                     ("camvid_release_distill", "camvid_release_distill_lite2")):
+        (old_raw, old_cfg, _), (new_raw, new_cfg, _) = recipe(old), recipe(new)
+        assert len(new_cfg.teachers) == len(old_cfg.teachers) == 2 and "lite2" in new_cfg.teachers[1]
+        same = {k for k in old_raw.keys() | new_raw.keys() if old_raw.get(k) == new_raw.get(k)}
+        assert {"lr", "iterations", "seed", "distill_weight", "distill_temperature", "augment", "scale"} <= same
+    _, xseq, _ = recipe("camvid_xseq_distill_lite2")
+    _, release, _ = recipe("camvid_release_distill_lite2")
+    assert xseq.dataset_options == bench.SPLIT and release.val_split is None
+    assert xseq.teachers[1] == f"{recipe('camvid_lite2_xseq')[1].out_dir}/last.safetensors"
+    assert release.teachers == [t.replace("lite1", "lite2") for t in recipe("camvid_release_distill")[1].teachers]
+    assert release.teachers[1] == f"{recipe('camvid_lite2_release')[1].out_dir}/last.safetensors"
+    assert release.init_weights == recipe("camvid_release_distill")[1].init_weights
+    xs_raw, xs, _ = recipe("camvid_xseq_distill_lite2_polish")
+    rs_raw, rs, _ = recipe("camvid_release_distill_lite2_polish")
+    assert xs.init_weights == f"{xseq.out_dir}/last.safetensors" and rs.init_weights == f"{release.out_dir}/last.safetensors"
+    assert xs.dataset_options == bench.SPLIT and rs.val_split is None
+    differ = {k for k in xs_raw.keys() | rs_raw.keys() if xs_raw.get(k) != rs_raw.get(k)}
+    assert differ == {"val_split", "dataset_options", "init_weights", "out_dir", "eval_every"}
