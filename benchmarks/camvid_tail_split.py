@@ -8,11 +8,11 @@ the releases stand in for the second with a rule (at most 1 point lost on 0001TP
 script measures the second instead: it reruns the cross-sequence chain (the Lite0 stage, the fine-tuning stage,
 the Lite1 teacher, the distilled stage, the short stage after each, then the self-distillation stage whose
 teacher reads crops enlarged 1.5x; then the Lite2 teacher, the distilled stage with it in place of Lite1 and its
-short stage, and a stage the Lite2 teacher adds to the bundled model's twin) on a split that also holds out 0001TP's later third (frames 007950-008520,
-``holdout_tails``), then prints every end model's fp32 mIoU on 0006R0 and on those frames, at the frame's size
-and enlarged 1.5x (the bundled model's reading). Each stage is ``pspnet train --resume auto`` on the shipped
-recipe with the split swapped in, so an interrupted chain carries on where it stopped (and a finished one only
-prints); about 7 hours on 2 CPU cores.
+short stage, and a stage the Lite2 teacher adds to the bundled model's twin) on a split that also holds out
+0001TP's later third (frames 007950-008520, ``holdout_tails``), then prints every end model's fp32 mIoU on 0006R0
+and on those frames, at the frame's size and enlarged 1.33x (the bundled model's reading). Each stage is
+``pspnet train --resume auto`` on the shipped recipe with the split swapped in, so an interrupted chain carries on
+where it stopped (and a finished one only prints); about 7 hours on 2 CPU cores.
 """
 
 from __future__ import annotations

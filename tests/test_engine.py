@@ -51,7 +51,7 @@ def make_folder_dataset(root: Path, n_train: int = 6, n_val: int = 2, num_classe
 
 def write_folder_split(root: Path, pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[str],
                        split: str = "val") -> Path:
-    """Given images and masks as a folder dataset's ``split`` (images/<split>/<i>.png, masks/<split>/<i>.png)."""
+    """Write ``pairs`` of image and mask as a folder dataset's ``split`` (images/<split>/<i>.png, masks/...)."""
     for sub in ("images", "masks"):
         (root / sub / split).mkdir(parents=True, exist_ok=True)
     for i, (image, mask) in enumerate(pairs):

@@ -13,7 +13,7 @@ import pspnet
 from pspnet.cli import main
 
 from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
-from test_engine import write_folder_split  # noqa: E402
+from test_engine import write_folder_split
 
 
 @pytest.fixture(scope="module")
