@@ -76,6 +76,10 @@ EARLIER_FITS = {
                                                            "configs/camvid_release_distill.yaml (1200 iterations "
                                                            "distilled from the weights bundled from 37f5af6 and a "
                                                            "Lite1 model)",
+    "runs/camvid_release_distill_lite2/last.safetensors": "configs/camvid_release_distill_lite2.yaml: 1200 "
+                                                          "iterations on train+val from the three-stage recipe's "
+                                                          "result, distilled from the weights bundled from 37f5af6 "
+                                                          "and a Lite2 model (configs/camvid_lite2_release.yaml)",
 }
 # the same for a cross-sequence run's start: a twin of a bundled fit that never saw the held-out frames
 TWIN_FITS = {
@@ -83,6 +87,10 @@ TWIN_FITS = {
                                                  "benchmarks/camvid_tail_split.py reruns their cross-sequence chain "
                                                  "from the ImageNet backbone with 0006R0 and 0001TP's later third "
                                                  "held out",
+    "runs/xtail/distill_lite2/last.safetensors": "configs/camvid_xseq_distill_lite2.yaml: the tail split's chain "
+                                                 "(benchmarks/camvid_tail_split.py, from the ImageNet backbone with "
+                                                 "0006R0 and 0001TP's later third held out), its distilled stage "
+                                                 "taught by that split's Lite2 model and fine-tuned Lite0",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
@@ -197,7 +205,8 @@ def main() -> None:
     # 1. the cross-sequence number: the xseq weights at the end of the schedule, on the drives it never saw
     scale = args.eval_scale
     xseq_model = PSPNet.from_pretrained(args.xseq_run / "last.safetensors", aux=False, eval_scale=scale).eval()
-    held_out = per_sequence(xseq_model, xseq_cfg, args.data_root, "holdout")
+    held_out_scores = scores(xseq_model, xseq_cfg, args.data_root, "holdout")
+    held_out = held_out_scores.per_sequence
     print("cross-sequence (held-out frames), fp32:\n" + held_out.table())
     # the same frames on the default path, the twin's int8 head calibrated on frames it trained on
     xseq_trained = build_dataset(xseq_cfg["dataset"], args.data_root, xseq_cfg["train_split"],
@@ -229,14 +238,14 @@ def main() -> None:
 
     docs.mkdir(parents=True, exist_ok=True)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    write_report(held_out.overall, docs)  # per-class IoU and confusion matrix of the held-out drives
+    write_report(held_out_scores, docs)  # per-sequence and per-class IoU, confusion matrix of the held-out frames
     (docs / "per_sequence.json").write_text(json.dumps(
         {"cross_sequence": held_out.to_dict(), **{f"release_on_{k}": v.to_dict() for k, v in seen.items()}}, indent=1))
     held = held_out_frames(xseq_cfg.get("dataset_options") or {})
     os_, backbone = model.config["output_stride"], model.config["backbone"]
     family = BACKBONE_NAMES.get(backbone, backbone)
     plot_history(xseq_ckpt["history"], docs / "training_curve.png",
-                 f"PSPNet-{family} (OS{os_}) on CamVid, {held} held out (val mIoU = held-out drive)")
+                 f"PSPNet-{family} (OS{os_}) on CamVid\n{held} held out (val mIoU = held-out frames)")
 
     seg = Segmenter(model, precision="fp32")
     seg.overlay(SAMPLE).save(docs / "sample_overlay.png")
@@ -271,6 +280,8 @@ def main() -> None:
     xseq_recipe, release_recipe = (os.path.relpath(c.absolute(), ROOT) for c in (args.xseq_config, args.release_config))
     recipe_args = "".join(f" --{k}-config {r}" for k, r in (("xseq", xseq_recipe), ("release", release_recipe))
                           if (ROOT / r).resolve() != CONFIGS[k].resolve())
+    recipe_args += f" --eval-scale {scale:g}" if scale != 1.0 else ""
+    recipe_args += f" --fallback-eval-scale {args.fallback_eval_scale:g}" if args.fallback_eval_scale is not None else ""
     pictures, root_link = (os.path.relpath(p.absolute(), weights_dir.absolute()) for p in (docs, ROOT))
     teachers = ""
     if cfg.get("teachers") and cfg.get("distill_weight"):
@@ -333,6 +344,7 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
 {sequence_rows(seen['val'], "val (trained on)")}
 {sequence_rows(seen['train'], "train (trained on)")}
 
+![IoU per held-out sequence]({pictures}/per_sequence_iou.png)
 ![per-class IoU, held-out frames]({pictures}/per_class_iou.png)
 ![confusion matrix, held-out frames]({pictures}/confusion_matrix.png)
 ![training curve of the cross-sequence run]({pictures}/training_curve.png)

@@ -269,7 +269,9 @@ def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkey
     assert f"`{summary['segmenter_path']}`" in card and f"from `{start}`" in card
     assert "its int8 head calibrated on 6 frames the run trained on" in card
     assert "precision `auto` reads at 1x (`fallback_eval_scale`)" in card
-    assert {p.name for p in docs.iterdir()} >= {"per_class_iou.png", "confusion_matrix.png", "training_curve.png",
+    assert "release.yaml --eval-scale 1.5 --fallback-eval-scale 1`." in card  # the reproduce line reads as released
+    assert {p.name for p in docs.iterdir()} >= {"per_sequence_iou.png", "per_class_iou.png", "confusion_matrix.png",
+                                                 "training_curve.png",
                                                  "sample_overlay.png", "per_sequence.json"}
 
 
@@ -315,3 +317,6 @@ def test_lite2_taught_chain_is_the_bundled_chain_with_lite2_in_place_of_lite1():
     assert xs.dataset_options == bench.SPLIT and rs.val_split is None
     differ = {k for k in xs_raw.keys() | rs_raw.keys() if xs_raw.get(k) != rs_raw.get(k)}
     assert differ == {"val_split", "dataset_options", "init_weights", "out_dir", "eval_every"}
+    script = load_script("scripts/release_camvid.py")  # the card says what each short stage started from
+    assert "a Lite2 model (configs/camvid_lite2_release.yaml)" in script.start_of(rs_raw)
+    assert "taught by that split's Lite2 model" in script.start_of(xs_raw)
