@@ -155,11 +155,17 @@ def calibration_frames(trained: SegmentationDataset) -> list[Path]:
     return spread_evenly(sorted(Path(image) for image, _ in trained.pairs), CALIBRATION_FRAMES)
 
 
-def sequence_rows(result: SequenceMetrics, label: str) -> str:
+def sequence_label(sequence: str, options: dict) -> str:
+    """A held-out sequence's name, with the part of it held out where a run keeps its earlier frames."""
+    tail = (options.get("holdout_tails") or {}).get(sequence)
+    return f"{sequence} (later {round(100 * tail)}%)" if tail else sequence
+
+
+def sequence_rows(result: SequenceMetrics, label: str, options: dict | None = None) -> str:
     """Markdown rows: one per sequence and the overall, mIoU and every class's IoU."""
     fmt = lambda v: "absent" if v is None else f"{100 * v:.1f}"
-    rows = [f"| {label} {s} | {result.frames[s]} | {100 * m.miou:.2f} | " + " | ".join(fmt(v) for v in m.iou) + " |"
-            for s, m in result.sequences.items()]
+    rows = [f"| {label} {sequence_label(s, options or {})} | {result.frames[s]} | {100 * m.miou:.2f} | "
+            + " | ".join(fmt(v) for v in m.iou) + " |" for s, m in result.sequences.items()]
     if len(result.sequences) > 1:
         m = result.overall
         rows.append(f"| {label} all | {sum(result.frames.values())} | {100 * m.miou:.2f} | "
@@ -241,7 +247,8 @@ def main() -> None:
     write_report(held_out_scores, docs)  # per-sequence and per-class IoU, confusion matrix of the held-out frames
     (docs / "per_sequence.json").write_text(json.dumps(
         {"cross_sequence": held_out.to_dict(), **{f"release_on_{k}": v.to_dict() for k, v in seen.items()}}, indent=1))
-    held = held_out_frames(xseq_cfg.get("dataset_options") or {})
+    xseq_options = xseq_cfg.get("dataset_options") or {}
+    held = held_out_frames(xseq_options)
     os_, backbone = model.config["output_stride"], model.config["backbone"]
     family = BACKBONE_NAMES.get(backbone, backbone)
     plot_history(xseq_ckpt["history"], docs / "training_curve.png",
@@ -333,14 +340,14 @@ The released weights come from a second run of exactly that schedule on all {sum
 
 Cross-sequence (the run with {held} held out, at the end of its schedule; the release run repeats that schedule
 with those frames added): **mIoU {100 * held_out.overall.miou:.2f}%** on {sum(held_out.frames.values())} frames never trained on (fp32;
-{", ".join(f"{s} {100 * m.miou:.2f}%" for s, m in held_out.sequences.items())}), **{100 * held_out_default.miou:.2f}%** on
+{", ".join(f"{sequence_label(s, xseq_options)} {100 * m.miou:.2f}%" for s, m in held_out.sequences.items())}), **{100 * held_out_default.miou:.2f}%** on
 the default path (`{held_out_default.path}`, its int8 head calibrated on {len(twin_calibration)} frames the run trained on).
 The CamVid test drives (Seq05VD, and the 0001TP frames not in train) are not in the project; they are scored
 outside it. The released model on its own training frames (val is trained on now; these numbers are not a test):
 val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.miou:.2f}%.
 
 {head}
-{sequence_rows(held_out, "held out")}
+{sequence_rows(held_out, "held out", xseq_options)}
 {sequence_rows(seen['val'], "val (trained on)")}
 {sequence_rows(seen['train'], "train (trained on)")}
 

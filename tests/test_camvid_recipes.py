@@ -209,6 +209,7 @@ def test_release_script_names_and_keeps_out_the_held_out_frames(camvid_root):
     raw, cfg, _ = recipe("camvid_xseq_fullframe")
     assert script.held_out_frames(raw["dataset_options"]) == "drive 0006R0 and the later 33% of drive 0001TP's frames"
     assert script.held_out_frames({"holdout_sequences": ["0006R0"]}) == "drive 0006R0"
+    assert [script.sequence_label(s, raw["dataset_options"]) for s in ("0001TP", "0006R0")] == ["0001TP (later 33%)", "0006R0"]
     frames = script.calibration_frames(build_dataset(cfg.dataset, camvid_root, cfg.train_split, **cfg.dataset_options))
     held = build_dataset(cfg.dataset, camvid_root, "holdout", **cfg.dataset_options)
     assert len(set(frames)) == 32 and not set(frames) & {Path(p) for p, _ in held.pairs}
@@ -270,6 +271,7 @@ def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkey
     assert "its int8 head calibrated on 6 frames the run trained on" in card
     assert "precision `auto` reads at 1x (`fallback_eval_scale`)" in card
     assert "release.yaml --eval-scale 1.5 --fallback-eval-scale 1`." in card  # the reproduce line reads as released
+    assert "| held out 0001TP (later 33%) |" in card and "| held out 0006R0 |" in card
     assert {p.name for p in docs.iterdir()} >= {"per_sequence_iou.png", "per_class_iou.png", "confusion_matrix.png",
                                                  "training_curve.png",
                                                  "sample_overlay.png", "per_sequence.json"}
