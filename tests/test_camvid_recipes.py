@@ -273,8 +273,7 @@ def test_release_script_publishes_a_tail_split_stage_end_to_end(tmp_path, monkey
     assert "release.yaml --eval-scale 1.5 --fallback-eval-scale 1`." in card  # the reproduce line reads as released
     assert "| held out 0001TP (later 33%) |" in card and "| held out 0006R0 |" in card
     assert {p.name for p in docs.iterdir()} >= {"per_sequence_iou.png", "per_class_iou.png", "confusion_matrix.png",
-                                                 "training_curve.png",
-                                                 "sample_overlay.png", "per_sequence.json"}
+                                                 "training_curve.png", "sample_overlay.png", "per_sequence.json"}
 
 
 def test_lite2_teacher_pair_and_its_stage_on_the_tail_split_twin():

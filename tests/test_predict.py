@@ -11,8 +11,7 @@ from PIL import Image
 
 import pspnet
 from pspnet.cli import main
-
-from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE  # noqa: E402
+from pspnet.model.bundled import SAMPLE_IMAGE as SAMPLE
 from test_engine import write_folder_split
 
 
