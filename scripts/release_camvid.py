@@ -28,6 +28,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +81,12 @@ EARLIER_FITS = {
                                                           "iterations on train+val from the three-stage recipe's "
                                                           "result, distilled from the weights bundled from 37f5af6 "
                                                           "and a Lite2 model (configs/camvid_lite2_release.yaml)",
+    "runs/camvid_release_distill_lite2_polish/last.safetensors": "the weights bundled from commit 15ee91c: "
+                                                                 "configs/camvid_release_distill_lite2_polish.yaml,"
+                                                                 " 300 iterations at lr 0.001 on train+val after "
+                                                                 "configs/camvid_release_distill_lite2.yaml (1200 "
+                                                                 "iterations distilled from the weights bundled "
+                                                                 "from 37f5af6 and a Lite2 model)",
 }
 # the same for a cross-sequence run's start: a twin of a bundled fit that never saw the held-out frames
 TWIN_FITS = {
@@ -91,6 +98,10 @@ TWIN_FITS = {
                                                  "(benchmarks/camvid_tail_split.py, from the ImageNet backbone with "
                                                  "0006R0 and 0001TP's later third held out), its distilled stage "
                                                  "taught by that split's Lite2 model and fine-tuned Lite0",
+    "runs/xtail/distill_lite2_short/last.safetensors": "the tail split's twin of the weights bundled from 15ee91c: "
+                                                       "configs/camvid_xseq_distill_lite2_polish.yaml, 300 "
+                                                       "iterations at lr 0.001 after "
+                                                       "configs/camvid_xseq_distill_lite2.yaml",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
@@ -252,7 +263,8 @@ def main() -> None:
     os_, backbone = model.config["output_stride"], model.config["backbone"]
     family = BACKBONE_NAMES.get(backbone, backbone)
     plot_history(xseq_ckpt["history"], docs / "training_curve.png",
-                 f"PSPNet-{family} (OS{os_}) on CamVid\n{held} held out (val mIoU = held-out frames)")
+                 f"PSPNet-{family} (OS{os_}) on CamVid\n"
+                 + "\n".join(textwrap.wrap(f"{held} held out (val mIoU = held-out frames)", 64)))
 
     seg = Segmenter(model, precision="fp32")
     seg.overlay(SAMPLE).save(docs / "sample_overlay.png")
@@ -290,6 +302,7 @@ def main() -> None:
     recipe_args += f" --eval-scale {scale:g}" if scale != 1.0 else ""
     recipe_args += f" --fallback-eval-scale {args.fallback_eval_scale:g}" if args.fallback_eval_scale is not None else ""
     pictures, root_link = (os.path.relpath(p.absolute(), weights_dir.absolute()) for p in (docs, ROOT))
+    on_device = "; crops cut in the training process (`device_augment`)" if cfg.get("device_augment") else ""
     teachers = ""
     if cfg.get("teachers") and cfg.get("distill_weight"):
         scales = cfg.get("distill_scales", [1.0])
@@ -378,7 +391,7 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
   heads x{cfg['head_lr_mult']}, batch {cfg['batch_size']}, {cfg['iterations']} iterations,
   class weights {cfg.get('class_weights')}.{teachers}
 - Augmentation: random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, crops
-  {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}.
+  {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}{on_device}.
 - Compute: {train_seconds / 3600:.1f} hours of training summed over both runs (wall time is less when they run side by side), 2 CPU cores.
 - Reproduce: `python scripts/release_camvid.py --train {args.xseq_run} {args.release_run}{recipe_args}`.
 

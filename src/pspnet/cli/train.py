@@ -82,6 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "--set distill_temperature=1 (the defaults)")
     p.add_argument("--channels-last", action="store_true", default=argparse.SUPPRESS,
                    help="channels-last memory format (faster on some GPUs and AMX CPUs)")
+    p.add_argument("--device-augment", action="store_true", default=argparse.SUPPRESS,
+                   help="cut the training crops on the training device from frames decoded once into its memory "
+                        "(scale, rotate, crop and the aspect/hflip/blur augment keys; docs/sequences-and-"
+                        "augmentation.md)")
     p.add_argument("--wandb", action="store_true", default=argparse.SUPPRESS, help="also log to Weights & Biases")
     p.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                    help="any other option, e.g. --set model_kwargs='{output_stride: 16}' --set val_split=null")
@@ -92,8 +96,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def options_given(args: argparse.Namespace) -> dict[str, Any]:
     """The config values that options on the command line ask for (``--set`` last, so it wins)."""
     values: dict[str, Any] = {}
-    for key in [k for _, k, _, _ in OPTIONS] + ["precision", "device", "channels_last", "wandb", "dataset",
-                                                 "data_root"]:
+    for key in [k for _, k, _, _ in OPTIONS] + ["precision", "device", "channels_last", "device_augment", "wandb",
+                                                 "dataset", "data_root"]:
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     for key in ("crop_size", "teachers"):

@@ -61,6 +61,9 @@ class TrainConfig:
     scale: tuple[float, float] = (0.5, 2.0)
     rotate: float = 10.0
     augment: dict[str, Any] = field(default_factory=dict)  # pspnet.data.transforms.Augment options; {} = the paper's
+    # cut the crops on the training device from frames decoded once (pspnet.data.device_augment): no loader
+    # processes competing for the CPU cores; the frames must fit in the device's memory
+    device_augment: bool = False
     batch_size: int = 16
     iterations: int = 30000
     epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))

@@ -74,6 +74,24 @@ def rare_class_frame_weights(frame_pixels: np.ndarray, temperature: float) -> np
     return (frame_pixels[:, seen] / totals[seen]) @ class_p
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation: a function of the run's seed and the sample's place alone."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
+class SampleKeys(Dataset):
+    """The sampler's (epoch, index) keys themselves, for crops cut on the device (``device_augment``)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int]:
+        return key
+
+
 class SeededSamples(Dataset):
     """Each sample's augmentation draws from RNGs seeded by (seed, epoch, index), inside a fork.
 
@@ -89,12 +107,12 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        sample_seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        seed = sample_seed(self.seed, epoch, index)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            random.seed(sample_seed)
-            np.random.seed(sample_seed % 2**32)
-            torch.manual_seed(sample_seed % 2**63)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed % 2**63)
             try:
                 return self.dataset[index]
             finally:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from pspnet.data import SEQUENCE_OPTIONS, build_dataset
 from pspnet.data.datasets import SEQUENCE_PATTERN
+from pspnet.data.device_augment import DeviceAugment
 from pspnet.data.transforms import Augment, eval_transforms, train_transforms
 from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
 from pspnet.engine.config import TrainConfig
@@ -33,8 +34,8 @@ from pspnet.engine.curves import plot_history
 from pspnet.engine.distill import Teachers
 from pspnet.engine.evaluate import evaluate, sequence_names
 from pspnet.engine.loggers import RunLogger
-from pspnet.engine.sampling import (EpochSampler, SeededSamples, rare_class_frame_weights, rng_state, seed_everything,
-                                   set_rng_state)
+from pspnet.engine.sampling import (EpochSampler, SampleKeys, SeededSamples, rare_class_frame_weights, rng_state,
+                                   sample_seed, seed_everything, set_rng_state)
 from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
                                 train_step)
 from pspnet.engine.summary import (SHARE_SAMPLE, collapse_warning, format_summary, frame_pixels, loss_weights,
@@ -84,6 +85,7 @@ class Run:
     resumed_rng: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)  # for max_minutes: setup counts too
     eval_seconds: float = 0.0  # the last evaluation's duration: reserved at the end of a time-boxed run
+    cropper: DeviceAugment | None = None  # with device_augment: the loader yields keys, this cuts the crops
 
     @property
     def is_main(self) -> bool:
@@ -99,7 +101,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None, progress: b
     existing run folder is refused unless ``overwrite``. ``stop_after`` ends this call after that many
     iterations with a checkpoint (for time-boxed jobs).
     """
-    run = _setup(cfg, resume, overwrite)
+    run = _setup(cfg, resume, overwrite, progress)
     _loop(run, stop_after, progress)
     return _finish(run)
 
@@ -107,15 +109,17 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None, progress: b
 # ---- setup ----------------------------------------------------------------------------------------------------------
 
 
-def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) -> Run:
+def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool, progress: bool = True) -> Run:
     started = time.perf_counter()
     rank, local_rank, world = _distributed()
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = resolve_device(f"cuda:{local_rank}" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # --device cuda names no index, which set_device refuses
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # one crop size throughout: the fastest kernels are found once
     precision = resolve_precision(cfg.precision, device)
     out = Path(cfg.out_dir)
 
@@ -147,8 +151,13 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
         raise PSPNetError("aux_weight > 0 needs a model with an aux head: pass --aux-weight 0, or drop "
                           "model_kwargs aux: false")
     mean, std = model.config["mean"], model.config["std"]
-    train_set.transform = train_transforms(cfg.crop_size, mean, std, cfg.scale, cfg.rotate,
-                                           augment=Augment.from_dict(cfg.augment))
+    augment = Augment.from_dict(cfg.augment)
+    cropper = None
+    if cfg.device_augment:
+        cropper = DeviceAugment(train_set, cfg.crop_size, mean, std, cfg.scale, cfg.rotate, augment, device,
+                                progress=progress and rank == 0)
+    else:
+        train_set.transform = train_transforms(cfg.crop_size, mean, std, cfg.scale, cfg.rotate, augment=augment)
     model.to(device)
     if teachers is not None:
         teachers.to(device)
@@ -177,9 +186,12 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
 
     frame_weights = None if frames is None else rare_class_frame_weights(frames[0], cfg.rare_class_sampling)
     sampler = EpochSampler(len(train_set), cfg.batch_size, cfg.seed, start, rank, world, frame_weights)
-    loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=cfg.workers > 0)
+    if cropper is None:
+        loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=True,
+                            persistent_workers=cfg.workers > 0)
+    else:  # the loader hands over (epoch, index) keys; the crops are cut on the device
+        loader = DataLoader(SampleKeys(len(train_set)), batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
     val_set = None
     if cfg.val_split and rank == 0:
         val_set = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, eval_transforms(mean, std),
@@ -188,7 +200,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool) 
     run = Run(cfg, out, device, precision, rank, world, own_group, model, net, optimizer, scheduler, scaler,
               build_criterion(cfg.loss, weight.to(device) if weight is not None else None, options=cfg.loss_options),
               model.aux is not None and cfg.aux_weight > 0, teachers, sampler, loader, val_set, log, start, best_miou,
-              history, rng, started)
+              history, rng, started, cropper=cropper)
     summary = format_summary(_summary_rows(run, train_set, ckpt_path if ckpt is not None else None),
                              train_set.class_names, counts[0] / max(counts[0].sum(), 1), weight, counts[2],
                              len(train_set))
@@ -347,7 +359,8 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                      f"({cfg.iterations / run.sampler.iters_per_epoch:.1f} epochs), {cfg.optimizer} lr {cfg.lr:g} "
                      f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"
                      + (f", rare class sampling at temperature {cfg.rare_class_sampling:g}"
-                        if cfg.rare_class_sampling is not None else "")),
+                        if cfg.rare_class_sampling is not None else "")
+                     + (", crops cut on the device" if run.cropper is not None else "")),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
@@ -381,7 +394,12 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
     try:
         it = run.start
         while it < end:
-            images, masks = _next_batch(batches)
+            if run.cropper is None:
+                images, masks = _next_batch(batches)
+            else:  # the loader's (epoch, index) keys -> crops cut on the device
+                epochs, indices = next(batches)
+                images, masks = run.cropper(indices.tolist(), [sample_seed(cfg.seed, int(e), int(i))
+                                                               for e, i in zip(epochs, indices)])
             images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
