@@ -57,8 +57,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"{where}; {os.cpu_count()} CPU cores, flags {' '.join(sorted(cpu_flags() & {'avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16'}))}; "
-          f"batch {args.batch_size}, loader workers {args.workers}, torch threads {torch.get_num_threads()}")
+    flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}))
+    print(f"{where}; {os.cpu_count()} CPU cores, flags {flags}; batch {args.batch_size}, loader workers "
+          f"{args.workers}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model, kwargs = MODELS[name]

@@ -3,9 +3,9 @@
 The loader's transforms cost about 33 ms a frame on one CPU core for the CamVid recipe (decode, resize, rotate,
 blur on the whole frame, then crop), so loader processes compete with training for the cores. Here the decoded
 frames are kept in device memory once, and each crop is one antialiased resize and one ``grid_sample`` that
-rotates and crops together (7 ms a frame on 2 CPU threads). Measured (benchmarks/
-device_augment_speed.py): 1.10x (Lite0) and 1.16x (Lite2) the loader's training speed on an H200 with 15 loader
-processes, 1.21x on 2 CPU cores (batch 4, one loader process). The steps and their ranges are ``train_transforms``'s (scale with aspect,
+rotates and crops together (7 ms a frame on 2 CPU threads). Measured by benchmarks/device_augment_speed.py:
+1.10x (Lite0) and 1.16x (Lite2) the loader's training speed on an H200 with 15 loader processes, 1.21x on 2 CPU
+cores (batch 4, one loader process). The steps and their ranges are ``train_transforms``'s (scale with aspect,
 rotation, blur, horizontal flip, a crop padded with the mean colour and the ignore label), drawn from each
 sample's own seed, so a resumed run draws the same crops; the pixels differ slightly from the loader's (the crop
 is cut from the rotated image in one resampling, the blur applied to the crop).
