@@ -42,8 +42,7 @@ def seconds_per_iteration(model: str, kwargs: dict, on_device: bool, args: argpa
         "checkpoint_every": 10**6, "tensorboard": False,
     }, source="benchmark")
     train(cfg, progress=False, overwrite=True)
-    history = json.loads((out / "history.json").read_text())
-    times = [h["sec_per_iter"] for h in (history if isinstance(history, list) else history["train"])]
+    times = [h["sec_per_iter"] for h in json.loads((out / "history.json").read_text())]
     return statistics.median(times[2:] or times)
 
 

@@ -321,3 +321,22 @@ def test_lite2_taught_chain_is_the_bundled_chain_with_lite2_in_place_of_lite1():
     script = load_script("scripts/release_camvid.py")  # the card says what each short stage started from
     assert "a Lite2 model (configs/camvid_lite2_release.yaml)" in script.start_of(rs_raw)
     assert "taught by that split's Lite2 model" in script.start_of(xs_raw)
+
+
+def test_gpu_taught_stage_is_one_schedule_on_both_splits():
+    """The released stage and its tail-split twin differ only in the frames, their starts and their teachers, and
+    each split is taught by its own GPU student and its own start: no teacher saw the twin's held-out frames."""
+    bench = load_script("benchmarks/camvid_tail_split.py")
+    xs_raw, xs, _ = recipe("camvid_xseq_gpu_distill")
+    rs_raw, rs, _ = recipe("camvid_release_gpu_distill")
+    differ = {k for k in xs_raw.keys() | rs_raw.keys() if xs_raw.get(k) != rs_raw.get(k)}
+    assert differ == {"val_split", "dataset_options", "init_weights", "teachers", "out_dir", "eval_every"}
+    assert xs.dataset_options == bench.SPLIT and rs.val_split is None and xs.device_augment and rs.device_augment
+    assert xs.teachers == [f"{recipe('camvid_gpu_distill_xseq')[1].out_dir}/last.safetensors", xs.init_weights]
+    assert rs.teachers == [f"{recipe('camvid_gpu_distill_release')[1].out_dir}/last.safetensors", rs.init_weights]
+    assert xs.init_weights == f"{recipe('camvid_xseq_distill_lite2_polish')[1].out_dir}/last.safetensors"
+    assert rs.init_weights == f"{recipe('camvid_release_distill_lite2_polish')[1].out_dir}/last.safetensors"
+    gpu_xseq = recipe("camvid_gpu_distill_xseq")[1]
+    assert gpu_xseq.dataset_options == bench.SPLIT
+    assert gpu_xseq.teachers == [f"{recipe('camvid_gpu_lite2_xseq')[1].out_dir}/last.safetensors"]
+    assert recipe("camvid_gpu_lite2_xseq")[1].dataset_options == bench.SPLIT

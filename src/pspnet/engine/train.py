@@ -109,7 +109,7 @@ def train(cfg: TrainConfig, resume: str | Path | bool | None = None, progress: b
 # ---- setup ----------------------------------------------------------------------------------------------------------
 
 
-def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool, progress: bool = True) -> Run:
+def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool, progress: bool) -> Run:
     started = time.perf_counter()
     rank, local_rank, world = _distributed()
     own_group = world > 1 and not dist.is_initialized()
@@ -397,9 +397,8 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
             if run.cropper is None:
                 images, masks = _next_batch(batches)
             else:  # the loader's (epoch, index) keys -> crops cut on the device
-                epochs, indices = next(batches)
-                images, masks = run.cropper(indices.tolist(), [sample_seed(cfg.seed, int(e), int(i))
-                                                               for e, i in zip(epochs, indices)])
+                epochs, indices = (keys.tolist() for keys in next(batches))
+                images, masks = run.cropper(indices, [sample_seed(cfg.seed, e, i) for e, i in zip(epochs, indices)])
             images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
