@@ -7,12 +7,15 @@ Distillation (``teachers:``) trains on the average of the teachers' softmax, so 
 the most a distilled stage can hope to pass on. Each model (a weights file or run folder) reads every frame of
 the tail split's held-out part (drive 0006R0 and 0001TP's later third, which no tail-split run trains on:
 benchmarks/camvid_tail_split.py), the softmaxes are averaged, and the argmax is scored per sequence and per class.
-Give one model to score it alone on the same path.
+Give one model to score it alone on the same path. A run folder stands for its ``last.safetensors``, the weights a
+stage ends with and that ``teachers:`` and the release use: its ``best.safetensors`` was picked by this very
+held-out score, so scoring it would report a chosen checkpoint as the run's result.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +24,20 @@ from torch import nn
 from pspnet.data import build_dataset
 from pspnet.data.transforms import eval_transforms
 from pspnet.engine.evaluate import evaluate, sequence_names
+from pspnet.errors import PSPNetError
 from pspnet.model.pspnet import PSPNet
 
 SPLIT = {"holdout_sequences": ["0006R0"], "holdout_tails": {"0001TP": 0.33}, "holdout_from": "train+val"}
+
+
+def end_of_run(path: str) -> Path:
+    """A weights file as given; a run folder's ``last.safetensors``, never the held-out-picked ``best``."""
+    if not Path(path).is_dir():
+        return Path(path)
+    last = Path(path) / "last.safetensors"
+    if not last.is_file():
+        raise PSPNetError(f"{path}: a run folder without last.safetensors (the run has not finished)")
+    return last
 
 
 class Averaged(nn.Module):
@@ -45,7 +59,8 @@ def main() -> None:
     parser.add_argument("--eval-scale", type=float, default=1.0, help="every model reads frames enlarged by this")
     parser.add_argument("--data-root", default="../shared/datasets/camvid")
     args = parser.parse_args()
-    models = [PSPNet.from_pretrained(m, aux=False, eval_scale=args.eval_scale).eval() for m in args.models]
+    models = [PSPNet.from_pretrained(end_of_run(m), aux=False, eval_scale=args.eval_scale).eval()
+              for m in args.models]
     first = models[0]
     held = build_dataset("camvid", args.data_root, "holdout", eval_transforms(first.config["mean"], first.config["std"]),
                          **SPLIT)

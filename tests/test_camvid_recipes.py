@@ -340,3 +340,22 @@ def test_gpu_taught_stage_is_one_schedule_on_both_splits():
     assert gpu_xseq.dataset_options == bench.SPLIT
     assert gpu_xseq.teachers == [f"{recipe('camvid_gpu_lite2_xseq')[1].out_dir}/last.safetensors"]
     assert recipe("camvid_gpu_lite2_xseq")[1].dataset_options == bench.SPLIT
+
+
+def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out_frames():
+    """Both three-teacher stages start from the GPU-taught twin and are taught by it, the split's GPU student and the
+    split's Lite2, all trained with 0006R0 and 0001TP's later third held out; the short one halves the long one's
+    schedule with its seed, so its crops are the long run's first half."""
+    split = recipe("camvid_xseq_gpu_distill")[1].dataset_options
+    twin, student, lite2 = (f"{recipe(name)[1].out_dir}/last.safetensors"
+                            for name in ("camvid_xseq_gpu_distill", "camvid_gpu_distill_xseq", "camvid_lite2_xseq"))
+    for name in ("camvid_gpu_distill_xseq", "camvid_lite2_xseq"):
+        assert recipe(name)[1].dataset_options == split
+    long_raw, long, _ = recipe("camvid_xseq_distill_ensemble")
+    short_raw, short, _ = recipe("camvid_xseq_distill_ensemble_short")
+    for stage in (long, short):
+        assert stage.dataset_options == split and stage.init_weights == twin
+        assert stage.teachers == [twin, student, lite2]
+    assert {k for k in long_raw.keys() | short_raw.keys() if long_raw.get(k) != short_raw.get(k)} == {
+        "iterations", "out_dir", "eval_every"}
+    assert (long.iterations, short.iterations) == (600, 300)

@@ -133,3 +133,18 @@ def test_teacher_ensembles_benchmark_scores_the_average_a_distilled_stage_learns
         expected = (F.softmax(model(x), 1) + F.softmax(other(x), 1)) / 2
     assert torch.allclose(averaged.exp(), expected, atol=1e-5)
     assert bench.SPLIT == load_script("benchmarks/camvid_tail_split.py").SPLIT
+
+
+def test_teacher_ensembles_benchmark_reads_a_run_folder_at_its_end(tmp_path, teacher_file):
+    """A run's best.safetensors was picked by the held-out score the benchmark reports: its last is what it scores."""
+    from test_camvid_recipes import load_script
+
+    end_of_run = load_script("benchmarks/teacher_ensembles.py").end_of_run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(teacher_file.read_bytes())
+    with pytest.raises(PSPNetError, match="without last.safetensors"):
+        end_of_run(str(run))
+    (run / "last.safetensors").write_bytes(teacher_file.read_bytes())
+    assert end_of_run(str(run)) == run / "last.safetensors"
+    assert end_of_run(str(teacher_file)) == teacher_file
