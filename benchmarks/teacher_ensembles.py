@@ -24,7 +24,6 @@ from torch import nn
 from pspnet.data import build_dataset
 from pspnet.data.transforms import eval_transforms
 from pspnet.engine.evaluate import evaluate, sequence_names
-from pspnet.errors import PSPNetError
 from pspnet.model.pspnet import PSPNet
 
 SPLIT = {"holdout_sequences": ["0006R0"], "holdout_tails": {"0001TP": 0.33}, "holdout_from": "train+val"}
@@ -36,7 +35,7 @@ def end_of_run(path: str) -> Path:
         return Path(path)
     last = Path(path) / "last.safetensors"
     if not last.is_file():
-        raise PSPNetError(f"{path}: a run folder without last.safetensors (the run has not finished)")
+        raise SystemExit(f"{path}: a run folder without last.safetensors (the run has not finished)")
     return last
 
 
