@@ -343,7 +343,7 @@ def test_gpu_taught_stage_is_one_schedule_on_both_splits():
 
 
 def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out_frames():
-    """Both three-teacher stages start from the GPU-taught twin and are taught by it, the split's GPU student and the
+    """The three-teacher stages start from the GPU-taught twin and are taught by it, the split's GPU student and the
     split's Lite2, all trained with 0006R0 and 0001TP's later third held out; the short one halves the long one's
     schedule with its seed, so its crops are the long run's first half."""
     split = recipe("camvid_xseq_gpu_distill")[1].dataset_options
@@ -353,9 +353,14 @@ def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out
         assert recipe(name)[1].dataset_options == split
     long_raw, long, _ = recipe("camvid_xseq_distill_ensemble")
     short_raw, short, _ = recipe("camvid_xseq_distill_ensemble_short")
-    for stage in (long, short):
+    jitter_raw, jitter, jitter_augment = recipe("camvid_xseq_distill_ensemble_photometric")
+    for stage in (long, short, jitter):
         assert stage.dataset_options == split and stage.init_weights == twin
         assert stage.teachers == [twin, student, lite2]
     assert {k for k in long_raw.keys() | short_raw.keys() if long_raw.get(k) != short_raw.get(k)} == {
         "iterations", "out_dir", "eval_every"}
     assert (long.iterations, short.iterations) == (600, 300)
+    # the photometric one is the short one with colour jitter, cut in the loader (device_augment has no colour steps)
+    assert {k for k in short_raw.keys() | jitter_raw.keys() if short_raw.get(k) != jitter_raw.get(k)} == {
+        "augment", "device_augment", "out_dir", "workers"}
+    assert jitter_augment.color_jitter > 0 and not jitter.device_augment
