@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pspnet.benchmark.measure import FLAGS_OF_INTEREST
 from pspnet.device import cpu_flags
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.train import train
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16"}))
+    flags = " ".join(sorted(cpu_flags() & FLAGS_OF_INTEREST))
     print(f"{where}; {os.cpu_count()} CPU cores, flags {flags}; batch {args.batch_size}, loader workers "
           f"{args.workers}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -56,7 +56,7 @@ class DeviceAugment:
             self.frames.append((image.to(device), mask.to(device, torch.uint8)))
 
     def __call__(self, indices: Sequence[int], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        crops = [self.crop_one(int(i), int(s)) for i, s in zip(indices, seeds)]
+        crops = [self.crop_one(i, s) for i, s in zip(indices, seeds)]
         return torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
 
     def crop_one(self, index: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
