@@ -345,7 +345,8 @@ def test_gpu_taught_stage_is_one_schedule_on_both_splits():
 def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out_frames():
     """The three-teacher stages start from the GPU-taught twin and are taught by it, the split's GPU student and the
     split's Lite2, all trained with 0006R0 and 0001TP's later third held out; the short one halves the long one's
-    schedule with its seed, so its crops are the long run's first half."""
+    schedule with its seed, so its crops are the long run's first half; the photometric and class-mix stages are the
+    short one with one augmentation more."""
     split = recipe("camvid_xseq_gpu_distill")[1].dataset_options
     twin, student, lite2 = (f"{recipe(name)[1].out_dir}/last.safetensors"
                             for name in ("camvid_xseq_gpu_distill", "camvid_gpu_distill_xseq", "camvid_lite2_xseq"))
@@ -354,7 +355,8 @@ def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out
     long_raw, long, _ = recipe("camvid_xseq_distill_ensemble")
     short_raw, short, _ = recipe("camvid_xseq_distill_ensemble_short")
     jitter_raw, jitter, jitter_augment = recipe("camvid_xseq_distill_ensemble_photometric")
-    for stage in (long, short, jitter):
+    mix_raw, mix, _ = recipe("camvid_xseq_classmix_short")
+    for stage in (long, short, jitter, mix):
         assert stage.dataset_options == split and stage.init_weights == twin
         assert stage.teachers == [twin, student, lite2]
     assert {k for k in long_raw.keys() | short_raw.keys() if long_raw.get(k) != short_raw.get(k)} == {
@@ -364,3 +366,7 @@ def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out
     assert {k for k in short_raw.keys() | jitter_raw.keys() if short_raw.get(k) != jitter_raw.get(k)} == {
         "augment", "device_augment", "out_dir", "workers"}
     assert jitter_augment.color_jitter > 0 and not jitter.device_augment
+    # the class-mix one is the short one with the thin classes pasted between crops
+    assert {k for k in short_raw.keys() | mix_raw.keys() if short_raw.get(k) != mix_raw.get(k)} == {
+        "class_mix", "class_mix_p", "out_dir"}
+    assert mix.class_mix == [2, 6, 7, 9, 10]

@@ -92,6 +92,17 @@ def test_resume_auto_starts_then_continues(data, tmp_path):
     assert load_checkpoint(out / "last.pt")["iteration"] == 4
 
 
+def test_resume_auto_on_a_finished_run_rewrites_none_of_its_outputs(data, tmp_path, caplog):
+    out = tmp_path / "done"
+    assert main(cli_args(data, out, "--iterations", "2")) == 0
+    outputs = ("last.safetensors", "history.json", "curves.png", "last.pt")
+    before = {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in outputs}
+    with caplog.at_level(logging.INFO):
+        assert main(cli_args(data, out, "--iterations", "2", "--resume", "auto")) == 0
+    assert {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in outputs} == before
+    assert "had already ended at iteration 2" in caplog.text
+
+
 def test_resume_a_run_folder_alone_restores_its_config(data, run4, tmp_path, caplog, capsys):
     out = tmp_path / "moved"
     shutil.copytree(run4, out)  # a moved run: its folder, not the saved out_dir, is where it continues

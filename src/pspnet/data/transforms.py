@@ -202,3 +202,20 @@ def eval_transforms(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
 
 def _to_float() -> v2.Transform:
     return v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True)
+
+
+def class_mix(images: torch.Tensor, masks: torch.Tensor, classes: Sequence[int], p: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """ClassMix (Olsson et al., WACV 2021) restricted to chosen classes, on a batch of crops.
+
+    Each crop, with probability ``p``, gets the pixels of ``classes`` in the batch's previous crop pasted at the
+    same place, labels included. Thin objects (poles, signs, people) then stand in front of streets they were never
+    seen in, so the model cannot name them by their surroundings alone. Needs two crops or more; the draws come
+    from ``generator`` so a resumed run mixes the same crops.
+    """
+    if images.shape[0] < 2 or not classes or p <= 0:
+        return images, masks
+    chosen = (torch.rand(images.shape[0], generator=generator) < p).to(masks.device)
+    source_images, source_masks = images.roll(1, dims=0), masks.roll(1, dims=0)
+    paste = torch.isin(source_masks, torch.tensor(list(classes), device=masks.device)) & chosen.view(-1, 1, 1)
+    return torch.where(paste.unsqueeze(1), source_images, images), torch.where(paste, source_masks, masks)

@@ -64,6 +64,10 @@ class TrainConfig:
     # cut the crops on the training device from frames decoded once (pspnet.data.device_augment): no loader
     # processes competing for the CPU cores; the frames must fit in the device's memory
     device_augment: bool = False
+    # paste the pixels of these class indices from the batch's previous crop onto a crop, at the same place
+    # (pspnet.data.transforms.class_mix: thin objects against streets they were not seen in); [] = off
+    class_mix: list[int] = field(default_factory=list)
+    class_mix_p: float = 0.5  # the share of crops that get a paste
     batch_size: int = 16
     iterations: int = 30000
     epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
@@ -149,6 +153,8 @@ RANGES: dict[str, Rule] = {
     "teachers": (lambda v: all(t.strip() for t in v), "a list of weights files, run folders or Hub ids"),
     "distill_scales": (lambda v: len(v) >= 1 and all(SCALE_RANGE[0] <= s <= SCALE_RANGE[1] for s in v),
                        f"a list of scales in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], e.g. [1.5]"),
+    "class_mix": (lambda v: all(c >= 0 for c in v), "a list of class indices >= 0, e.g. [2, 6, 7, 9, 10]"),
+    "class_mix_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

@@ -79,6 +79,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 10_000_019 + index
 
 
+def batch_seed(seed: int, iteration: int, rank: int) -> int:
+    """The seed of one batch's own draws (``class_mix``): a function of the run's seed and the batch's place, on
+    a stream apart from the samples' seeds."""
+    return (sample_seed(seed, iteration, rank) * 31 + 17) % 2**63
+
+
 class SampleKeys(Dataset):
     """The sampler's (epoch, index) keys themselves, for crops cut on the device (``device_augment``)."""
 

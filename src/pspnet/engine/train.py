@@ -27,15 +27,15 @@ from tqdm import tqdm
 from pspnet.data import SEQUENCE_OPTIONS, build_dataset
 from pspnet.data.datasets import SEQUENCE_PATTERN
 from pspnet.data.device_augment import DeviceAugment
-from pspnet.data.transforms import Augment, eval_transforms, train_transforms
+from pspnet.data.transforms import Augment, class_mix, eval_transforms, train_transforms
 from pspnet.engine.checkpoint import LAST, PREVIOUS, atomic_save, find_checkpoint, load_with_fallback
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.curves import plot_history
 from pspnet.engine.distill import Teachers
 from pspnet.engine.evaluate import evaluate, sequence_names
 from pspnet.engine.loggers import RunLogger
-from pspnet.engine.sampling import (EpochSampler, SampleKeys, SeededSamples, rare_class_frame_weights, rng_state,
-                                   sample_seed, seed_everything, set_rng_state)
+from pspnet.engine.sampling import (EpochSampler, SampleKeys, SeededSamples, batch_seed, rare_class_frame_weights,
+                                   rng_state, sample_seed, seed_everything, set_rng_state)
 from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
                                 train_step)
 from pspnet.engine.summary import (SHARE_SAMPLE, collapse_warning, format_summary, frame_pixels, loss_weights,
@@ -133,6 +133,7 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool, 
         cfg = dataclasses.replace(cfg, iterations=epochs_to_iterations(cfg.epochs, len(train_set), cfg.batch_size,
                                                                        world))
     model = _build_model(cfg, train_set, resuming=ckpt is not None)
+    _check_class_mix(cfg, model.num_classes)
     if ckpt is not None:
         check_same_model(ckpt.get("config", {}), model.config, ckpt_path)
     else:
@@ -360,13 +361,26 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                      f"poly {cfg.power:g}, heads x{cfg.head_lr_mult:g}, aux weight {cfg.aux_weight:g}"
                      + (f", rare class sampling at temperature {cfg.rare_class_sampling:g}"
                         if cfg.rare_class_sampling is not None else "")
-                     + (", crops cut on the device" if run.cropper is not None else "")),
+                     + (", crops cut on the device" if run.cropper is not None else "")
+                     + (f", classes {cfg.class_mix} pasted between crops (p {cfg.class_mix_p:g})"
+                        if cfg.class_mix else "")),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
                  + (_distillation(cfg) if run.teachers is not None else "")),
         ("output", str(run.out)),
     ]
+
+
+def _check_class_mix(cfg: TrainConfig, num_classes: int) -> None:
+    """class_mix pastes between the crops of one batch, of classes the model has."""
+    if not cfg.class_mix:
+        return
+    unknown = sorted(c for c in cfg.class_mix if c >= num_classes)
+    if unknown:
+        raise PSPNetError(f"class_mix: classes {unknown} do not exist; this dataset has classes 0-{num_classes - 1}")
+    if cfg.batch_size < 2:
+        raise PSPNetError("class_mix pastes between the crops of a batch: it needs batch_size >= 2")
 
 
 def _distillation(cfg: TrainConfig) -> str:
@@ -400,6 +414,9 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
                 epochs, indices = (keys.tolist() for keys in next(batches))
                 images, masks = run.cropper(indices, [sample_seed(cfg.seed, e, i) for e, i in zip(epochs, indices)])
             images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
+            if cfg.class_mix:  # drawn from the run's seed and the iteration, so a resumed run mixes alike
+                draws = torch.Generator().manual_seed(batch_seed(cfg.seed, it, run.rank))
+                images, masks = class_mix(images, masks, cfg.class_mix, cfg.class_mix_p, draws)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             try:
@@ -510,7 +527,10 @@ def _save(run: Run, name: str, iteration: int) -> None:
 def _finish(run: Run) -> dict[str, Any]:
     if run.world > 1 and run.device.type != "cuda":
         _average_buffers(run.model, run.world)  # plain BN: each rank's running stats saw only its own data
-    if run.is_main:
+    if run.is_main and run.start >= run.cfg.iterations and (run.out / "last.safetensors").is_file():
+        run.log.info("%s had already ended at iteration %d: its weights, history and curves are left as they were",
+                     run.out, run.start)  # `--resume auto` run again on a finished run writes nothing anew
+    elif run.is_main:
         save_safetensors(run.model, run.out / "last.safetensors")
         atomic_write_text(run.out / "history.json", json.dumps(run.history, indent=1))
         plot_history(run.history, run.out / "curves.png", title=f"{run.cfg.model_name} on {run.cfg.dataset}")
