@@ -87,6 +87,12 @@ EARLIER_FITS = {
                                                                  "configs/camvid_release_distill_lite2.yaml (1200 "
                                                                  "iterations distilled from the weights bundled "
                                                                  "from 37f5af6 and a Lite2 model)",
+    "runs/camvid_release_gpu_distill/last.safetensors": "the weights bundled from commit a669a9d: "
+                                                        "configs/camvid_release_gpu_distill.yaml, 600 iterations at lr "
+                                                        "0.003 on train+val after "
+                                                        "configs/camvid_release_distill_lite2_polish.yaml, distilled "
+                                                        "from a GPU-trained student and the weights bundled from "
+                                                        "15ee91c",
 }
 # the same for a cross-sequence run's start: a twin of a bundled fit that never saw the held-out frames
 TWIN_FITS = {
@@ -102,6 +108,10 @@ TWIN_FITS = {
                                                        "configs/camvid_xseq_distill_lite2_polish.yaml, 300 "
                                                        "iterations at lr 0.001 after "
                                                        "configs/camvid_xseq_distill_lite2.yaml",
+    "runs/xtail/gpu_distill/last.safetensors": "the tail split's twin of the weights bundled from a669a9d: "
+                                               "configs/camvid_xseq_gpu_distill.yaml, 600 iterations at lr 0.003 "
+                                               "after configs/camvid_xseq_distill_lite2_polish.yaml, distilled from "
+                                               "that split's GPU student and its start",
 }
 BACKBONE_NAMES = {f"tf_efficientnet_lite{i}": f"EfficientNet-Lite{i}" for i in range(5)}
 THREE_STAGES = ("three stages on CamVid train only, 4500 iterations, stages and checkpoints chosen on val: "
@@ -302,7 +312,10 @@ def main() -> None:
     recipe_args += f" --eval-scale {scale:g}" if scale != 1.0 else ""
     recipe_args += f" --fallback-eval-scale {args.fallback_eval_scale:g}" if args.fallback_eval_scale is not None else ""
     pictures, root_link = (os.path.relpath(p.absolute(), weights_dir.absolute()) for p in (docs, ROOT))
-    on_device = "; crops cut in the training process (`device_augment`)" if cfg.get("device_augment") else ""
+    crop_notes = "; crops cut in the training process (`device_augment`)" if cfg.get("device_augment") else ""
+    if cfg.get("class_mix"):
+        crop_notes += (f"; classes {cfg['class_mix']} pasted from the batch's previous crop onto a share "
+                      f"{cfg.get('class_mix_p', 0.5):g} of the crops (`class_mix`)")
     teachers = ""
     if cfg.get("teachers") and cfg.get("distill_weight"):
         scales = cfg.get("distill_scales", [1.0])
@@ -391,7 +404,7 @@ val {100 * seen['val'].overall.miou:.2f}%, train {100 * seen['train'].overall.mi
   heads x{cfg['head_lr_mult']}, batch {cfg['batch_size']}, {cfg['iterations']} iterations,
   class weights {cfg.get('class_weights')}.{teachers}
 - Augmentation: random scale {cfg['scale'][0]}-{cfg['scale'][1]}, rotation +-{cfg['rotate']} deg, crops
-  {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}{on_device}.
+  {cfg['crop_size'][0]}x{cfg['crop_size'][1]}; {aug or "the official defaults"}{crop_notes}.
 - Compute: {train_seconds / 3600:.1f} hours of training summed over both runs (wall time is less when they run side by side), 2 CPU cores.
 - Reproduce: `python scripts/release_camvid.py --train {args.xseq_run} {args.release_run}{recipe_args}`.
 

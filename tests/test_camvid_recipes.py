@@ -370,3 +370,17 @@ def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out
     assert {k for k in short_raw.keys() | mix_raw.keys() if short_raw.get(k) != mix_raw.get(k)} == {
         "class_mix", "class_mix_p", "out_dir"}
     assert mix.class_mix == [2, 6, 7, 9, 10]
+
+
+def test_class_mix_stage_is_one_schedule_on_both_splits():
+    """The class-mix stage and its release twin differ only in the frames, their starts and their teachers: the twin
+    starts from and is taught by the tail split's models, the release by the release side's three."""
+    xs_raw, xs, _ = recipe("camvid_xseq_classmix_short")
+    rs_raw, rs, _ = recipe("camvid_release_classmix_short")
+    differ = {k for k in xs_raw.keys() | rs_raw.keys() if xs_raw.get(k) != rs_raw.get(k)}
+    assert differ == {"val_split", "dataset_options", "init_weights", "teachers", "out_dir", "eval_every"}
+    assert rs.val_split is None and rs.class_mix == xs.class_mix and rs.class_mix_p == xs.class_mix_p
+    release_start = f"{recipe('camvid_release_gpu_distill')[1].out_dir}/last.safetensors"
+    assert rs.init_weights == release_start
+    assert rs.teachers == [release_start, f"{recipe('camvid_gpu_distill_release')[1].out_dir}/last.safetensors",
+                           f"{recipe('camvid_lite2_release')[1].out_dir}/last.safetensors"]
