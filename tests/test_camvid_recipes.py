@@ -382,5 +382,7 @@ def test_class_mix_stage_is_one_schedule_on_both_splits():
     assert rs.val_split is None and rs.class_mix == xs.class_mix and rs.class_mix_p == xs.class_mix_p
     release_start = f"{recipe('camvid_release_gpu_distill')[1].out_dir}/last.safetensors"
     assert rs.init_weights == release_start
+    p1_raw = recipe("camvid_xseq_classmix_p1")[0]  # the same stage pasting onto every crop
+    assert {k for k in xs_raw.keys() | p1_raw.keys() if xs_raw.get(k) != p1_raw.get(k)} == {"class_mix_p", "out_dir"}
     assert rs.teachers == [release_start, f"{recipe('camvid_gpu_distill_release')[1].out_dir}/last.safetensors",
                            f"{recipe('camvid_lite2_release')[1].out_dir}/last.safetensors"]
