@@ -374,7 +374,8 @@ def test_three_teacher_stages_learn_only_from_models_that_never_saw_the_held_out
 
 def test_class_mix_stage_is_one_schedule_on_both_splits():
     """The class-mix stage and its release twin differ only in the frames, their starts and their teachers: the twin
-    starts from and is taught by the tail split's models, the release by the release side's three."""
+    starts from and is taught by the tail split's models, the release by the release side's three. Its unreleased
+    siblings change one thing each: the share, the start (its own result), the teachers (none)."""
     xs_raw, xs, _ = recipe("camvid_xseq_classmix_short")
     rs_raw, rs, _ = recipe("camvid_release_classmix_short")
     differ = {k for k in xs_raw.keys() | rs_raw.keys() if xs_raw.get(k) != rs_raw.get(k)}
@@ -382,6 +383,8 @@ def test_class_mix_stage_is_one_schedule_on_both_splits():
     assert rs.val_split is None and rs.class_mix == xs.class_mix and rs.class_mix_p == xs.class_mix_p
     release_start = f"{recipe('camvid_release_gpu_distill')[1].out_dir}/last.safetensors"
     assert rs.init_weights == release_start
+    assert rs.teachers == [release_start, f"{recipe('camvid_gpu_distill_release')[1].out_dir}/last.safetensors",
+                           f"{recipe('camvid_lite2_release')[1].out_dir}/last.safetensors"]
     p1_raw = recipe("camvid_xseq_classmix_p1")[0]  # the same stage pasting onto every crop
     assert {k for k in xs_raw.keys() | p1_raw.keys() if xs_raw.get(k) != p1_raw.get(k)} == {"class_mix_p", "out_dir"}
     again = recipe("camvid_xseq_classmix_stage2")[1]  # the stage again on its own result, new crops
@@ -390,5 +393,3 @@ def test_class_mix_stage_is_one_schedule_on_both_splits():
     labels_raw, labels, _ = recipe("camvid_xseq_classmix_labels")  # the paste without the teachers
     assert {k for k in xs_raw.keys() | labels_raw.keys() if xs_raw.get(k) != labels_raw.get(k)} == {
         "teachers", "distill_weight", "distill_temperature", "out_dir"} and not labels.teachers
-    assert rs.teachers == [release_start, f"{recipe('camvid_gpu_distill_release')[1].out_dir}/last.safetensors",
-                           f"{recipe('camvid_lite2_release')[1].out_dir}/last.safetensors"]
