@@ -385,8 +385,10 @@ def test_class_mix_stage_is_one_schedule_on_both_splits():
     assert rs.init_weights == release_start
     assert rs.teachers == [release_start, f"{recipe('camvid_gpu_distill_release')[1].out_dir}/last.safetensors",
                            f"{recipe('camvid_lite2_release')[1].out_dir}/last.safetensors"]
-    p1_raw = recipe("camvid_xseq_classmix_p1")[0]  # the same stage pasting onto every crop
-    assert {k for k in xs_raw.keys() | p1_raw.keys() if xs_raw.get(k) != p1_raw.get(k)} == {"class_mix_p", "out_dir"}
+    for share in ("p1", "p025"):  # the same stage pasting onto every crop, onto a quarter of them
+        share_raw = recipe(f"camvid_xseq_classmix_{share}")[0]
+        assert {k for k in xs_raw.keys() | share_raw.keys() if xs_raw.get(k) != share_raw.get(k)} == {
+            "class_mix_p", "out_dir"}
     again = recipe("camvid_xseq_classmix_stage2")[1]  # the stage again on its own result, new crops
     assert again.init_weights == again.teachers[0] == f"{xs.out_dir}/last.safetensors"
     assert again.teachers[1:] == xs.teachers[1:] and again.seed != xs.seed and again.class_mix == xs.class_mix
