@@ -315,7 +315,7 @@ def main() -> None:
     crop_notes = "; crops cut in the training process (`device_augment`)" if cfg.get("device_augment") else ""
     if cfg.get("class_mix"):
         crop_notes += (f"; classes {cfg['class_mix']} pasted from the batch's previous crop onto a share "
-                      f"{cfg.get('class_mix_p', 0.5):g} of the crops (`class_mix`)")
+                      f"{cfg['class_mix_p']:g} of the crops (`class_mix`)")
     teachers = ""
     if cfg.get("teachers") and cfg.get("distill_weight"):
         scales = cfg.get("distill_scales", [1.0])
