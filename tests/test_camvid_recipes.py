@@ -395,3 +395,16 @@ def test_class_mix_stage_is_one_schedule_on_both_splits():
     labels_raw, labels, _ = recipe("camvid_xseq_classmix_labels")  # the paste without the teachers
     assert {k for k in xs_raw.keys() | labels_raw.keys() if xs_raw.get(k) != labels_raw.get(k)} == {
         "teachers", "distill_weight", "distill_temperature", "out_dir"} and not labels.teachers
+
+
+def test_class_mix_from_imagenet_pair_differs_only_in_the_paste():
+    """The paste for a whole training from the ImageNet backbone, against a control that is the same run without it:
+    the tail split, the GPU chain's augmentation (so crops can be cut on the training device), the same seed."""
+    control_raw, control, augment = recipe("camvid_xseq_lite0_short")
+    mix_raw, mix, _ = recipe("camvid_xseq_lite0_classmix_short")
+    assert {k for k in control_raw.keys() | mix_raw.keys() if control_raw.get(k) != mix_raw.get(k)} == {
+        "class_mix", "class_mix_p", "out_dir"}
+    assert mix.class_mix == recipe("camvid_xseq_classmix_short")[1].class_mix and not control.class_mix
+    assert control.dataset_options == recipe("camvid_xseq_gpu_distill")[1].dataset_options
+    assert control.pretrained_backbone and not control.init_weights and not control.teachers
+    assert augment == Augment.from_dict(recipe("camvid_gpu_distill_xseq")[0]["augment"]) and control.device_augment
