@@ -21,6 +21,7 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     train = [h for h in history if "loss" in h]
     val = [h for h in history if "val_miou" in h]
@@ -28,15 +29,22 @@ def plot_history(history: Sequence[dict], path: str | Path, title: str = "Traini
     if train:
         its = np.array([h["iteration"] for h in train])
         loss = np.array([h["loss"] for h in train])
-        ax.plot(its, loss, color="#9bb7e0", lw=0.8, label="train loss")
-        k = max(1, len(loss) // 30)
-        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(its[k - 1:], smooth, color="#1f5fbf", lw=2, label=f"train loss (mean of {k})")
+        # markers where the points are few: a run shorter than log_every has one record, and a one-point line
+        # draws nothing
+        k = len(loss) // 30  # the smoothing window, when there are enough points to smooth
+        ax.plot(its, loss, color="#9bb7e0" if k > 1 else "#1f5fbf", lw=0.8, label="train loss",
+                marker="o" if len(loss) < 10 else None, ms=4)
+        if k > 1:
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            ax.plot(its[k - 1:], smooth, color="#1f5fbf", lw=2, label=f"train loss (mean of {k})")
     for i, start in enumerate(stage_starts):
         ax.axvline(start, color="grey", ls="--", lw=1)
         ax.annotate(f"stage {i + 2}", (start, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="grey")
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations, also on short runs
+    if train and len({h["iteration"] for h in history}) == 1:  # a lone record: matplotlib would span it by +-0.2
+        ax.set_xlim(history[0]["iteration"] - 1, history[0]["iteration"] + 1)
     ax.set_ylabel("training loss (every term)")
     ax.grid(alpha=0.3)
     lines, labels = ax.get_legend_handles_labels()
