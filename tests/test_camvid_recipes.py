@@ -408,3 +408,13 @@ def test_class_mix_from_imagenet_pair_differs_only_in_the_paste():
     assert control.dataset_options == recipe("camvid_xseq_gpu_distill")[1].dataset_options
     assert control.pretrained_backbone and not control.init_weights and not control.teachers
     assert augment == Augment.from_dict(recipe("camvid_gpu_distill_xseq")[0]["augment"]) and control.device_augment
+
+
+def test_classmix_own_rule_differs_from_the_thin_paste_only_in_what_is_pasted():
+    """ClassMix's rule (half the source crop's classes, any class) against the thin-class paste and its control: the
+    same seed and pasted-onto share, so the three runs share their crops and which crops are pasted onto."""
+    thin_raw, thin, _ = recipe("camvid_xseq_lite0_classmix_short")
+    half_raw, half, _ = recipe("camvid_xseq_lite0_classmix_half_short")
+    assert {k for k in thin_raw.keys() | half_raw.keys() if thin_raw.get(k) != half_raw.get(k)} == {
+        "class_mix", "class_mix_share", "out_dir"}
+    assert half.class_mix == list(range(11)) and half.class_mix_share == 0.5 and thin.class_mix_share == 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +48,28 @@ def test_the_share_of_crops_mixed_follows_p_and_the_generator():
     assert torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
 
 
+def test_a_share_pastes_a_random_half_of_the_classes_each_source_holds():
+    images, masks = batch(n=64)
+    listed = [0, 1, 2, 3, 4]
+    mixed, labels = class_mix(images, masks, listed, 1.0, torch.Generator().manual_seed(3), share=0.5)
+    source_images, source_masks = images.roll(1, 0), masks.roll(1, 0)
+    picks = set()
+    for i in range(len(images)):
+        held = [c for c in listed if (source_masks[i] == c).any()]
+        took = [c for c in held
+                if torch.equal(mixed[i][:, source_masks[i] == c], source_images[i][:, source_masks[i] == c])]
+        assert len(took) == math.ceil(len(held) / 2)  # ClassMix's rule: half the source's classes, rounded up
+        pasted = torch.isin(source_masks[i], torch.tensor(took))
+        assert torch.equal(labels[i], torch.where(pasted, source_masks[i], masks[i]))
+        assert torch.equal(mixed[i], torch.where(pasted, source_images[i], images[i]))
+        picks.add(tuple(took))
+    assert len(picks) > 5  # drawn anew for each crop
+    again = class_mix(images, masks, listed, 1.0, torch.Generator().manual_seed(3), share=0.5)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], labels)
+    whole = class_mix(images, masks, listed, 1.0, torch.Generator().manual_seed(3), share=1.0)
+    assert torch.equal(whole[1], torch.where(torch.isin(source_masks, torch.tensor(listed)), source_masks, masks))
+
+
 def test_nothing_changes_for_one_crop_no_classes_or_absent_classes():
     images, masks = batch()
     for args in ((images[:1], masks[:1], [1], 1.0), (images, masks, [], 1.0), (images, masks, [9], 1.0)):
@@ -58,6 +82,8 @@ def test_bad_options_are_refused_by_name(data, tmp_path):  # noqa: F811
         TrainConfig.from_dict({"class_mix": [2, -1]})
     with pytest.raises(PSPNetError, match="class_mix_p: 1.5 is not allowed; expected a probability"):
         TrainConfig.from_dict({"class_mix_p": 1.5})
+    with pytest.raises(PSPNetError, match="class_mix_share: 0 is not allowed; expected a share in"):
+        TrainConfig.from_dict({"class_mix_share": 0})
     with pytest.raises(PSPNetError, match=r"class_mix: classes \[3, 7\] do not exist; this dataset has classes 0-2"):
         train(tiny_config(data, tmp_path / "a", class_mix=[1, 3, 7]), progress=False)
     with pytest.raises(PSPNetError, match="batch_size >= 2"):
@@ -66,7 +92,7 @@ def test_bad_options_are_refused_by_name(data, tmp_path):  # noqa: F811
 
 
 def test_a_class_mix_run_resumes_bit_identically_and_differs_from_one_without(data, tmp_path):  # noqa: F811
-    options = dict(class_mix=[1, 2], class_mix_p=0.5)
+    options = dict(class_mix=[0, 1, 2], class_mix_p=0.5, class_mix_share=0.5)
     whole = train(tiny_config(data, tmp_path / "whole", **options), progress=False)
     cfg = tiny_config(data, tmp_path / "split", **options)
     train(cfg, progress=False, stop_after=3)

@@ -205,17 +205,28 @@ def _to_float() -> v2.Transform:
 
 
 def class_mix(images: torch.Tensor, masks: torch.Tensor, classes: Sequence[int], p: float,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator, share: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """ClassMix (Olsson et al., WACV 2021) restricted to chosen classes, on a batch of crops.
 
     Each crop, with probability ``p``, gets the pixels of ``classes`` in the batch's previous crop pasted at the
     same place, labels included. Thin objects (poles, signs, people) then stand in front of streets they were never
-    seen in, so the model cannot name them by their surroundings alone. Needs two crops or more; the draws come
-    from ``generator`` so a resumed run mixes the same crops.
+    seen in, so the model cannot name them by their surroundings alone. ``share`` < 1 pastes only a random
+    ``ceil(share x n)`` of the n chosen classes the source crop holds, drawn anew for each crop: with every class
+    listed and share 0.5 this is the paper's own rule (half the source's classes), which mixes whole scenes, not
+    only objects. Needs two crops or more; the draws come from ``generator`` so a resumed run mixes the same crops
+    (share 1 draws nothing more, so runs without it are unchanged).
     """
     if images.shape[0] < 2 or not classes or p <= 0:
         return images, masks
     chosen = (torch.rand(images.shape[0], generator=generator) < p).to(masks.device)
     source_images, source_masks = images.roll(1, dims=0), masks.roll(1, dims=0)
-    paste = torch.isin(source_masks, torch.tensor(list(classes), device=masks.device)) & chosen.view(-1, 1, 1)
+    listed = torch.tensor(list(classes), device=masks.device)
+    if share >= 1:
+        paste = torch.isin(source_masks, listed) & chosen.view(-1, 1, 1)
+    else:
+        paste = torch.zeros_like(masks, dtype=torch.bool)
+        for i in chosen.nonzero().flatten().tolist():
+            present = listed[torch.isin(listed, source_masks[i].unique())]
+            picked = present[torch.randperm(len(present), generator=generator)[:math.ceil(share * len(present))]]
+            paste[i] = torch.isin(source_masks[i], picked)
     return torch.where(paste.unsqueeze(1), source_images, images), torch.where(paste, source_masks, masks)

@@ -68,6 +68,7 @@ class TrainConfig:
     # (pspnet.data.transforms.class_mix: thin objects against streets they were not seen in); [] = off
     class_mix: list[int] = field(default_factory=list)
     class_mix_p: float = 0.5  # the share of crops that get a paste
+    class_mix_share: float = 1.0  # the share of the listed classes a source crop holds that are pasted (ClassMix: 0.5)
     batch_size: int = 16
     iterations: int = 30000
     epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
@@ -155,6 +156,7 @@ RANGES: dict[str, Rule] = {
                        f"a list of scales in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], e.g. [1.5]"),
     "class_mix": (lambda v: all(c >= 0 for c in v), "a list of class indices >= 0, e.g. [2, 6, 7, 9, 10]"),
     "class_mix_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "class_mix_share": (lambda v: 0 < v <= 1, "a share in (0, 1], e.g. 0.5 for half the source crop's classes"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

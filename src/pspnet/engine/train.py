@@ -362,7 +362,9 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                      + (f", rare class sampling at temperature {cfg.rare_class_sampling:g}"
                         if cfg.rare_class_sampling is not None else "")
                      + (", crops cut on the device" if run.cropper is not None else "")
-                     + (f", classes {cfg.class_mix} pasted between crops (p {cfg.class_mix_p:g})"
+                     + (f", classes {cfg.class_mix} pasted between crops (p {cfg.class_mix_p:g}"
+                        + (f", a share {cfg.class_mix_share:g} of those each source holds"
+                           if cfg.class_mix_share < 1 else "") + ")"
                         if cfg.class_mix else "")),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
@@ -416,7 +418,7 @@ def _loop(run: Run, stop_after: int | None, progress: bool) -> None:
             images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
             if cfg.class_mix:  # drawn from the run's seed and the iteration, so a resumed run mixes alike
                 draws = torch.Generator().manual_seed(batch_seed(cfg.seed, it, run.rank))
-                images, masks = class_mix(images, masks, cfg.class_mix, cfg.class_mix_p, draws)
+                images, masks = class_mix(images, masks, cfg.class_mix, cfg.class_mix_p, draws, cfg.class_mix_share)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             try:
