@@ -362,10 +362,7 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                      + (f", rare class sampling at temperature {cfg.rare_class_sampling:g}"
                         if cfg.rare_class_sampling is not None else "")
                      + (", crops cut on the device" if run.cropper is not None else "")
-                     + (f", classes {cfg.class_mix} pasted between crops (p {cfg.class_mix_p:g}"
-                        + (f", a share {cfg.class_mix_share:g} of those each source holds"
-                           if cfg.class_mix_share < 1 else "") + ")"
-                        if cfg.class_mix else "")),
+                     + _class_mix_words(cfg)),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
@@ -383,6 +380,14 @@ def _check_class_mix(cfg: TrainConfig, num_classes: int) -> None:
         raise PSPNetError(f"class_mix: classes {unknown} do not exist; this dataset has classes 0-{num_classes - 1}")
     if cfg.batch_size < 2:
         raise PSPNetError("class_mix pastes between the crops of a batch: it needs batch_size >= 2")
+
+
+def _class_mix_words(cfg: TrainConfig) -> str:
+    """The summary's words for class_mix, empty when it is off."""
+    if not cfg.class_mix:
+        return ""
+    share = f", a share {cfg.class_mix_share:g} of those each source holds" if cfg.class_mix_share < 1 else ""
+    return f", classes {cfg.class_mix} pasted between crops (p {cfg.class_mix_p:g}{share})"
 
 
 def _distillation(cfg: TrainConfig) -> str:
