@@ -418,3 +418,12 @@ def test_classmix_own_rule_differs_from_the_thin_paste_only_in_what_is_pasted():
     assert {k for k in thin_raw.keys() | half_raw.keys() if thin_raw.get(k) != half_raw.get(k)} == {
         "class_mix", "class_mix_share", "out_dir"}
     assert half.class_mix == list(range(11)) and half.class_mix_share == 0.5 and thin.class_mix_share == 1.0
+
+
+def test_mix_style_recipe_is_the_control_with_feature_styles_mixed():
+    """MixStyle against the control of the ImageNet-start runs: the same seed and crops, training-only mixing."""
+    control_raw, control, _ = recipe("camvid_xseq_lite0_short")
+    mixed_raw, mixed, _ = recipe("camvid_xseq_lite0_mixstyle_short")
+    assert {k for k in control_raw.keys() | mixed_raw.keys() if control_raw.get(k) != mixed_raw.get(k)} == {
+        "mix_style", "out_dir"}
+    assert mixed.mix_style == 0.5 and control.mix_style == 0

@@ -69,6 +69,9 @@ class TrainConfig:
     class_mix: list[int] = field(default_factory=list)
     class_mix_p: float = 0.5  # the share of crops that get a paste
     class_mix_share: float = 1.0  # the share of the listed classes a source crop holds that are pasted (ClassMix: 0.5)
+    # the share of batches whose stride-4 and stride-8 features take a blend of another crop's per-channel
+    # mean/std (pspnet.engine.mix_style: light and colour the training drives never show); 0 = off
+    mix_style: float = 0.0
     batch_size: int = 16
     iterations: int = 30000
     epochs: float | None = None  # if set, overrides iterations: epochs x (train images // (batch x ranks))
@@ -157,6 +160,7 @@ RANGES: dict[str, Rule] = {
     "class_mix": (lambda v: all(c >= 0 for c in v), "a list of class indices >= 0, e.g. [2, 6, 7, 9, 10]"),
     "class_mix_p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "class_mix_share": (lambda v: 0 < v <= 1, "a share in (0, 1], e.g. 0.5 for half the source crop's classes"),
+    "mix_style": (lambda v: 0 <= v <= 1, "a probability in [0, 1], e.g. 0.5; 0 is off"),
     "rotate": (lambda v: 0 <= v <= 180, "degrees in [0, 180]"),
     "workers": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

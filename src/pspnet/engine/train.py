@@ -34,6 +34,7 @@ from pspnet.engine.curves import plot_history
 from pspnet.engine.distill import Teachers
 from pspnet.engine.evaluate import evaluate, sequence_names
 from pspnet.engine.loggers import RunLogger
+from pspnet.engine.mix_style import attach_mix_style
 from pspnet.engine.sampling import (EpochSampler, SampleKeys, SeededSamples, batch_seed, rare_class_frame_weights,
                                    rng_state, sample_seed, seed_everything, set_rng_state)
 from pspnet.engine.step import (Criterion, build_criterion, build_optimizer, param_groups, poly_lr,
@@ -134,6 +135,8 @@ def _setup(cfg: TrainConfig, resume: str | Path | bool | None, overwrite: bool, 
                                                                        world))
     model = _build_model(cfg, train_set, resuming=ckpt is not None)
     _check_class_mix(cfg, model.num_classes)
+    if cfg.mix_style:
+        attach_mix_style(model, cfg.mix_style)
     if ckpt is not None:
         check_same_model(ckpt.get("config", {}), model.config, ckpt_path)
     else:
@@ -362,7 +365,8 @@ def _summary_rows(run: Run, train_set: Any, resumed_from: Path | None) -> list[t
                      + (f", rare class sampling at temperature {cfg.rare_class_sampling:g}"
                         if cfg.rare_class_sampling is not None else "")
                      + (", crops cut on the device" if run.cropper is not None else "")
-                     + _class_mix_words(cfg)),
+                     + _class_mix_words(cfg)
+                     + (f", feature styles mixed at strides 4 and 8 (p {cfg.mix_style:g})" if cfg.mix_style else "")),
         ("loss", cfg.loss + (f" {cfg.loss_options}" if cfg.loss_options else "")
                  + (f", class weights {cfg.class_weights if isinstance(cfg.class_weights, str) else 'given'}"
                              if cfg.class_weights is not None else "")
