@@ -2,8 +2,8 @@
 
 The mean and standard deviation of a feature map over its pixels, per channel, carry an image's "style"
 (light, colour cast, texture contrast) more than its content. Replacing them, in training only, with a
-random blend of the statistics of another crop of the batch shows the model the same scene in light it
-never saw; a drive it was not trained on differs from the training drives mostly in that. It runs in the
+random blend of the statistics of another crop of the batch shows the model the same scene in a look it
+never saw, which is one way a drive, camera or scanner it was not trained on differs. It runs in the
 stride-4 and stride-8 stages (the paper's best placement on ResNet: after res1 and res2; later stages hold
 the class content) and is off in eval mode, so the exported model and its speed are unchanged.
 """
