@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from pspnet.data.transforms import class_mix
-from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.train import train
 from pspnet.errors import PSPNetError
-from test_engine import assert_same_state, data, tiny_config  # noqa: F401  (data is a fixture)
+from test_engine import assert_option_resumes_alike_and_matters, data, tiny_config  # noqa: F401  (data is a fixture)
 
 
 def batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,13 +90,4 @@ def test_bad_options_are_refused_by_name(data, tmp_path):  # noqa: F811
 
 
 def test_a_class_mix_run_resumes_bit_identically_and_differs_from_one_without(data, tmp_path):  # noqa: F811
-    options = dict(class_mix=[0, 1, 2], class_mix_p=0.5, class_mix_share=0.5)
-    whole = train(tiny_config(data, tmp_path / "whole", **options), progress=False)
-    cfg = tiny_config(data, tmp_path / "split", **options)
-    train(cfg, progress=False, stop_after=3)
-    resumed = train(cfg, resume="auto", progress=False)
-    assert_same_state(whole["model"].state_dict(), resumed["model"].state_dict())
-    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 6
-    plain = train(tiny_config(data, tmp_path / "plain"), progress=False)
-    assert any(not np.array_equal(a, b) for a, b in zip(plain["model"].state_dict().values(),
-                                                       whole["model"].state_dict().values()))
+    assert_option_resumes_alike_and_matters(data, tmp_path, class_mix=[0, 1, 2], class_mix_p=0.5, class_mix_share=0.5)

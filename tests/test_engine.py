@@ -81,6 +81,20 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
+def assert_option_resumes_alike_and_matters(data: Path, tmp_path: Path, **options) -> None:
+    """A run with ``options`` stopped at 3 and resumed ends equal, bit for bit, to the same run in one go, and
+    unlike the run without them (the option draws or changes something, and the checkpoint restores it)."""
+    whole = train(tiny_config(data, tmp_path / "whole", **options), progress=False)
+    cfg = tiny_config(data, tmp_path / "split", **options)
+    train(cfg, progress=False, stop_after=3)
+    resumed = train(cfg, resume="auto", progress=False)
+    assert_same_state(whole["model"].state_dict(), resumed["model"].state_dict())
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 6
+    plain = train(tiny_config(data, tmp_path / "plain"), progress=False)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain["model"].state_dict().values(),
+                                                       whole["model"].state_dict().values()))
+
+
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
     """6 iterations in one go (1 loader worker, validation and TensorBoard at iteration 3)."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
-from pspnet.engine.checkpoint import load_checkpoint
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.mix_style import attach_mix_style, mix_style, style_stages
-from pspnet.engine.train import train
 from pspnet.errors import PSPNetError
 from pspnet.model import create_model
-from test_engine import TINY, assert_same_state, data, tiny_config  # noqa: F401  (data is a fixture)
+from test_engine import TINY, assert_option_resumes_alike_and_matters, data  # noqa: F401  (data is a fixture)
 
 
 def stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,15 +85,7 @@ def test_hooks_sit_after_the_stride_4_and_8_stages_and_act_only_in_training(name
 
 
 def test_a_mix_style_run_resumes_bit_identically_and_differs_from_one_without(data, tmp_path):  # noqa: F811
-    whole = train(tiny_config(data, tmp_path / "whole", mix_style=1.0), progress=False)
-    cfg = tiny_config(data, tmp_path / "split", mix_style=1.0)
-    train(cfg, progress=False, stop_after=3)
-    resumed = train(cfg, resume="auto", progress=False)
-    assert_same_state(whole["model"].state_dict(), resumed["model"].state_dict())
-    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 6
-    plain = train(tiny_config(data, tmp_path / "plain"), progress=False)
-    assert any(not np.array_equal(a, b) for a, b in zip(plain["model"].state_dict().values(),
-                                                       whole["model"].state_dict().values()))
+    assert_option_resumes_alike_and_matters(data, tmp_path, mix_style=1.0)
 
 
 def test_bad_values_are_refused_by_name():

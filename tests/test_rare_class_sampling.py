@@ -7,10 +7,8 @@ import pytest
 
 from pspnet.engine.config import TrainConfig
 from pspnet.engine.sampling import EpochSampler, rare_class_frame_weights
-from pspnet.engine.checkpoint import load_checkpoint
-from pspnet.engine.train import train
 from pspnet.errors import PSPNetError
-from test_engine import assert_same_state, data, tiny_config  # noqa: F401  (data is a fixture)
+from test_engine import assert_option_resumes_alike_and_matters, data  # noqa: F401  (data is a fixture)
 
 # 4 frames x 3 classes: class 2 is rare, frame 3 holds most of it, frame 0 none
 FRAMES = np.array([[900, 100, 0], [800, 190, 10], [850, 140, 10], [600, 200, 200]])
@@ -47,12 +45,4 @@ def test_weighted_epochs_follow_the_weights_and_resume_where_they_stopped():
 
 
 def test_a_run_with_rare_class_sampling_resumes_bit_identically(data, tmp_path):  # noqa: F811
-    whole = train(tiny_config(data, tmp_path / "whole", rare_class_sampling=0.05), progress=False)
-    cfg = tiny_config(data, tmp_path / "split", rare_class_sampling=0.05)
-    train(cfg, progress=False, stop_after=3)
-    resumed = train(cfg, resume="auto", progress=False)
-    assert_same_state(whole["model"].state_dict(), resumed["model"].state_dict())
-    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 6
-    uniform = train(tiny_config(data, tmp_path / "uniform"), progress=False)  # the option changes what is drawn
-    assert any(not np.array_equal(a, b) for a, b in zip(uniform["model"].state_dict().values(),
-                                                       whole["model"].state_dict().values()))
+    assert_option_resumes_alike_and_matters(data, tmp_path, rare_class_sampling=0.05)  # and changes what is drawn
